@@ -1,0 +1,221 @@
+"""Multi-layer, bidirectional, variable-length RNN/LSTM/GRU on torch-layout parameter dicts."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._checks import check_hx, check_lengths, check_x
+from ._math import LSTMState
+from ._recurrence import LoopWeights, recurrence, recurrence_autodiff
+from ._spec import RecurrentSpec
+
+Params = Mapping[str, jax.Array]
+
+
+def reverse_sequences(x: jax.Array, seq_lengths: jax.Array | None) -> jax.Array:
+    """Reverse each sequence of `x` `(T, B, ...)` within its own length, padding left in place."""
+    if seq_lengths is None:
+        return x[::-1]
+    t = jnp.arange(x.shape[0])[:, None]
+    index = jnp.where(t < seq_lengths, seq_lengths - 1 - t, t)
+    return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=0)
+
+
+def _dropout(x, rate: float, key: jax.Array):
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def _run(
+    spec: RecurrentSpec,
+    params: Params,
+    x,
+    hx,
+    *,
+    seq_lengths,
+    batch_first: bool,
+    dropout: float,
+    dropout_key,
+    dtype,
+    precision,
+    unroll: int,
+    fused_backward: bool,
+):
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    x = check_x(spec, x, ("B", "T") if batch_first else ("T", "B"))
+    dtype = dtype or jnp.result_type(x, *params.values())
+    batched = x.ndim == 3
+    x = x.astype(dtype)
+    x = (jnp.swapaxes(x, 0, 1) if batch_first else x) if batched else x[:, None]
+    T, B = x.shape[:2]
+    lead = (spec.num_directions * spec.num_layers,) + ((B,) if batched else ())
+    state0 = tuple(s if batched else s[:, None] for s in check_hx(spec, hx, lead, dtype))
+    lengths = check_lengths(seq_lengths, T, (B,) if batched else ())
+    mask = None if lengths is None else (jnp.arange(T)[:, None] < lengths)[:, None, :, None]
+    params = {k: jnp.asarray(v, dtype) for k, v in params.items()}
+    loop = functools.partial(
+        recurrence if fused_backward else recurrence_autodiff,
+        (spec.kind, spec.nonlinearity),
+        unroll,
+        precision,
+    )
+    suffixes = ("", "_reverse")[: spec.num_directions]
+    D = spec.num_directions
+    finals = []
+    for layer in range(spec.num_layers):
+        def p(name, suffix):
+            return params.get(f"{name}_l{layer}{suffix}")
+
+        xp = []
+        for suffix in suffixes:
+            x_dir = x if not suffix else reverse_sequences(x, lengths)
+            proj = jnp.einsum("tbi,gi->tbg", x_dir, p("weight_ih", suffix), precision=precision)
+            xp.append(proj if p("bias_ih", suffix) is None else proj + p("bias_ih", suffix))
+        w = LoopWeights(
+            whh=jnp.stack([p("weight_hh", s).T for s in suffixes]),
+            bhh=None if not spec.bias else jnp.stack([p("bias_hh", s)[None] for s in suffixes]),
+            whr=None if not spec.proj_size else jnp.stack([p("weight_hr", s).T for s in suffixes]),
+        )
+        ys, final = loop(w, jnp.stack(xp, 1), tuple(s[layer * D : (layer + 1) * D] for s in state0), mask)
+        outputs = [ys[:, 0]] + [reverse_sequences(ys[:, 1], lengths)] * (D == 2)
+        x = jnp.concatenate(outputs, -1) if D == 2 else outputs[0]
+        if dropout_key is not None and dropout > 0 and layer < spec.num_layers - 1:
+            x = _dropout(x, dropout, jax.random.fold_in(dropout_key, layer))
+        finals.append(final)
+    state = tuple(jnp.concatenate(parts, 0) for parts in zip(*finals))
+    if not batched:
+        x, state = x[:, 0], tuple(s[:, 0] for s in state)
+    elif batch_first:
+        x = jnp.swapaxes(x, 0, 1)
+    return x, (LSTMState(*state) if spec.kind == "lstm" else state[0])
+
+
+_LAYER_DOC = """
+
+    Args:
+      params: torch's `state_dict()` of the layer as a dict of arrays (`weight_ih_l0`, ...);
+        `num_layers`, `bidirectional`, `proj_size` and `bias` are read off its keys and shapes.
+      x: `(T, B, input_size)`, `(B, T, input_size)` when `batch_first`, or unbatched
+        `(T, input_size)`.
+      hx: initial state{hx}; zeros when None. Unbatched input takes it without the `B` axis.
+      seq_lengths: int `(B,)` (a scalar when unbatched), values in `[1, T]`: as torch's
+        `pack_padded_sequence(x, lengths, enforce_sorted=False)` then `pad_packed_sequence`:
+        outputs past a length are 0, the final state is the one after the last valid step,
+        the reverse direction starts at each sequence's last valid element. Concrete values out
+        of range raise `ValueError`; traced ones (under `jit`) are clipped to `[0, T]`, and a
+        length of 0 gives zero outputs and the initial state.
+      batch_first: `x` and `output` are `(B, T, ...)`.
+      dropout: probability of zeroing the outputs of every layer but the last.
+      dropout_key: PRNG key; dropout is applied only when one is given.
+      dtype: the computation dtype; default: the promoted dtype of `x` and `params`.
+      precision: matmul precision (`jax.lax.Precision`); None uses JAX's default.
+      unroll: time steps per loop iteration of `lax.scan`.
+      fused_backward: use the custom VJP that computes weight gradients as large matmuls
+        after the reverse loop. Set False to differentiate through `scan` with JAX's autodiff,
+        which also supports forward mode (`jax.jvp`, `jax.hessian`).
+
+    Returns:
+      `(output, {ret})`: `output` `(T, B, D * H_out)` (batch_first: `(B, T, D * H_out)`),
+      {ret_shapes}, with `D` = 2 if bidirectional else 1 and `H_out` = `proj_size or hidden_size`.
+"""
+
+
+def _layer(kind: str, params: Params, x, hx, nonlinearity: str = "tanh", **options):
+    spec = RecurrentSpec.from_params(params, kind, nonlinearity)
+    if spec.cell:
+        raise ValueError(f"params hold a {spec.describe()}; use {kind}_cell for a single cell")
+    return _run(spec, params, x, hx, **_DEFAULTS | options)
+
+
+_DEFAULTS = dict(
+    seq_lengths=None,
+    batch_first=False,
+    dropout=0.0,
+    dropout_key=None,
+    dtype=None,
+    precision=None,
+    unroll=1,
+    fused_backward=True,
+)
+
+
+def lstm(params: Params, x: jax.Array, hx=None, **options) -> tuple[jax.Array, LSTMState]:
+    r"""torch's `nn.LSTM` forward as a function of its `state_dict()`.
+
+    .. math::
+        i, f, g, o = \sigma(W_{ii} x + b_{ii} + W_{hi} h + b_{hi}), \sigma(\ldots), \tanh(\ldots), \sigma(\ldots)
+        c' = f * c + i * g, \quad h' = o * \tanh(c') \quad (h' = W_{hr} (o * \tanh(c')) \text{ with proj_size})
+
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxrnn import functional as F
+    >>> from jaxrnn.functional import RecurrentSpec
+    >>> params = RecurrentSpec("lstm", 3, 5, num_layers=2).init(jax.random.key(0))
+    >>> output, (h_n, c_n) = F.lstm(params, jnp.ones((7, 2, 3)))
+    >>> output.shape, h_n.shape, c_n.shape
+    ((7, 2, 5), (2, 2, 5), (2, 2, 5))
+    """
+    return _layer("lstm", params, x, hx, **options)
+
+
+lstm.__doc__ += _LAYER_DOC.format(
+        hx=": the pair `(h_0, c_0)` of shapes `(D * num_layers, B, H_out)` and `(D * num_layers, B, hidden_size)`",
+        ret="LSTMState(h_n, c_n)",
+        ret_shapes="`h_n` `(D * num_layers, B, H_out)`, `c_n` `(D * num_layers, B, hidden_size)`",
+)
+
+
+def gru(params: Params, x: jax.Array, hx=None, **options) -> tuple[jax.Array, jax.Array]:
+    r"""torch's `nn.GRU` forward as a function of its `state_dict()`.
+
+    .. math::
+        r, z = \sigma(W_{ir} x + b_{ir} + W_{hr} h + b_{hr}), \sigma(W_{iz} x + b_{iz} + W_{hz} h + b_{hz})
+        n = \tanh(W_{in} x + b_{in} + r * (W_{hn} h + b_{hn})), \quad h' = (1 - z) * n + z * h
+
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxrnn import functional as F
+    >>> from jaxrnn.functional import RecurrentSpec
+    >>> params = RecurrentSpec("gru", 3, 5, bidirectional=True).init(jax.random.key(0))
+    >>> output, h_n = F.gru(params, jnp.ones((7, 2, 3)), seq_lengths=jnp.array([7, 4]))
+    >>> output.shape, h_n.shape
+    ((7, 2, 10), (2, 2, 5))
+    """
+    return _layer("gru", params, x, hx, **options)
+
+
+gru.__doc__ += _LAYER_DOC.format(
+        hx=": `(D * num_layers, B, hidden_size)`",
+        ret="h_n",
+        ret_shapes="`h_n` `(D * num_layers, B, hidden_size)`",
+)
+
+
+def rnn(
+    params: Params, x: jax.Array, hx=None, *, nonlinearity: str = "tanh", **options
+) -> tuple[jax.Array, jax.Array]:
+    r"""torch's `nn.RNN` forward as a function of its `state_dict()`.
+
+    .. math::
+        h' = \tanh(W_{ih} x + b_{ih} + W_{hh} h + b_{hh}) \quad (\text{or relu with nonlinearity="relu"})
+
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxrnn import functional as F
+    >>> from jaxrnn.functional import RecurrentSpec
+    >>> params = RecurrentSpec("rnn", 3, 5).init(jax.random.key(0))
+    >>> output, h_n = F.rnn(params, jnp.ones((2, 7, 3)), nonlinearity="relu", batch_first=True)
+    >>> output.shape, h_n.shape
+    ((2, 7, 5), (1, 2, 5))
+    """
+    return _layer("rnn", params, x, hx, nonlinearity, **options)
+
+
+rnn.__doc__ += _LAYER_DOC.format(
+        hx=": `(D * num_layers, B, hidden_size)`",
+        ret="h_n",
+        ret_shapes="`h_n` `(D * num_layers, B, hidden_size)`",
+)

@@ -1,0 +1,107 @@
+"""The time loop of one layer: every direction advances in the same `lax.scan` step.
+
+Shapes, with D directions stacked on a leading axis (the reverse direction's inputs are already
+reversed in time, per sequence):
+    xp     (T, D, B, G*H)   input projections, computed outside the loop in one matmul
+    state  tuple of (D, B, H_out) [and (D, B, H) for LSTM's c]
+    mask   (T, 1, B, 1) bool, or None: step t of sequence b is valid
+    ys     (T, D, B, H_out) zero where the mask is False
+
+The backward pass is a custom VJP: the reverse loop carries only the state gradients (one
+matmul per step), and the weight gradients are single large matmuls over all time steps
+afterwards, instead of one small accumulation per step as autodiff through `scan` does.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ._math import cell_math
+
+
+class LoopWeights(NamedTuple):
+    """Recurrent weights of one layer, directions stacked and pre-transposed for the loop."""
+
+    whh: jax.Array  # (D, H_out, G*H)
+    bhh: jax.Array | None  # (D, 1, G*H)
+    whr: jax.Array | None  # (D, H, P)
+
+
+def _where_valid(mask, new, old):
+    return new if mask is None else jnp.where(mask, new, old)
+
+
+def _forward(math_key, unroll, precision, w, xp, state0, mask, *, keep_residuals):
+    math = cell_math(*math_key)
+    matmul = functools.partial(jnp.einsum, precision=precision)
+
+    def step(state, inputs):
+        xp_t, mask_t = inputs
+        hh = matmul("dbh,dhg->dbg", state[0], w.whh)
+        if w.bhh is not None:
+            hh = hh + w.bhh
+        pre = math.combine(xp_t, hh)
+        h_raw, rest = math.update(pre, state)
+        h = h_raw if w.whr is None else matmul("dbk,dkp->dbp", h_raw, w.whr)
+        new_state = tuple(_where_valid(mask_t, n, o) for n, o in zip((h, *rest), state))
+        y = _where_valid(mask_t, h, 0)
+        residuals = (state, pre, h_raw if w.whr is not None else None) if keep_residuals else None
+        return new_state, (y, residuals)
+
+    state, (ys, residuals) = jax.lax.scan(step, state0, (xp, mask), unroll=unroll)
+    return (ys, state), residuals
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def recurrence(math_key, unroll, precision, w: LoopWeights, xp, state0, mask):
+    """Run one layer's loop; returns `(ys, final_state)`. See the module docstring for shapes."""
+    return _forward(math_key, unroll, precision, w, xp, state0, mask, keep_residuals=False)[0]
+
+
+def _recurrence_fwd(math_key, unroll, precision, w, xp, state0, mask):
+    out, residuals = _forward(math_key, unroll, precision, w, xp, state0, mask, keep_residuals=True)
+    return out, (w, mask, residuals)
+
+
+def _recurrence_bwd(math_key, unroll, precision, saved, cotangents):
+    w, mask, (states_prev, pres, h_raws) = saved
+    d_ys, d_final = cotangents
+    math = cell_math(*math_key)
+    matmul = functools.partial(jnp.einsum, precision=precision)
+
+    def step(d_state, inputs):
+        d_y, state_prev, pre, h_raw, mask_t = inputs
+        d_new = (d_state[0] + d_y, *d_state[1:])
+        # Where the step was padding, the state passed through unchanged and y was 0.
+        passed = tuple(_where_valid(mask_t, 0, d) for d in d_state)
+        d_new = tuple(_where_valid(mask_t, d, 0) for d in d_new)
+        d_h_raw = d_new[0] if w.whr is None else matmul("dbp,dkp->dbk", d_new[0], w.whr)
+        _, update_vjp = jax.vjp(math.update, pre, state_prev)
+        d_pre, d_prev = update_vjp((d_h_raw, d_new[1:]))
+        d_xp, d_hh = math.split_grad(d_pre)
+        d_prev = (d_prev[0] + matmul("dbg,dhg->dbh", d_hh, w.whh), *d_prev[1:])
+        if mask_t is not None:
+            d_prev = tuple(a + b for a, b in zip(d_prev, passed))
+        return d_prev, (d_xp, d_hh, d_new[0] if w.whr is not None else None)
+
+    d_state0, (d_xp, d_hh, d_h) = jax.lax.scan(
+        step, d_final, (d_ys, states_prev, pres, h_raws, mask), reverse=True, unroll=unroll
+    )
+    d_w = LoopWeights(
+        whh=matmul("tdbh,tdbg->dhg", states_prev[0], d_hh),
+        bhh=None if w.bhh is None else d_hh.sum((0, 2))[:, None],
+        whr=None if w.whr is None else matmul("tdbk,tdbp->dkp", h_raws, d_h),
+    )
+    return d_w, d_xp, d_state0, None
+
+
+recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+def recurrence_autodiff(math_key, unroll, precision, w, xp, state0, mask):
+    """`recurrence` differentiated by JAX's autodiff through `scan` (supports forward mode)."""
+    return _forward(math_key, unroll, precision, w, xp, state0, mask, keep_residuals=False)[0]
