@@ -11,10 +11,15 @@ from ._math import LSTMState, cell_math
 from ._spec import RecurrentSpec
 
 
-def _cell(kind: str, params: Params, x, hx, nonlinearity="tanh", *, dtype=None, precision=None):
+def _cell(kind: str, params: Params, x, hx, nonlinearity="tanh", **options):
     spec = RecurrentSpec.from_params(params, kind, nonlinearity)
     if not spec.cell:
         raise ValueError(f"params hold a {spec.describe()}; use {kind}() for a layer")
+    return run_cell(spec, params, x, hx, **options)
+
+
+def run_cell(spec: RecurrentSpec, params: Params, x, hx, *, dtype=None, precision=None):
+    """One step of the cell that `spec` describes; `params` must fit it."""
     x = check_x(spec, x, ("B",))
     dtype = dtype or jnp.result_type(x, *params.values())
     state = check_hx(spec, hx, x.shape[:-1], dtype)
@@ -23,9 +28,9 @@ def _cell(kind: str, params: Params, x, hx, nonlinearity="tanh", *, dtype=None, 
     hh = jnp.matmul(state[0], p["weight_hh"].T, precision=precision)
     if spec.bias:
         xp, hh = xp + p["bias_ih"], hh + p["bias_hh"]
-    math = cell_math(kind, nonlinearity)
+    math = cell_math(spec.kind, spec.nonlinearity)
     h, rest = math.update(math.combine(xp, hh), state)
-    return LSTMState(h, *rest) if kind == "lstm" else h
+    return LSTMState(h, *rest) if spec.kind == "lstm" else h
 
 
 _CELL_DOC = """

@@ -27,11 +27,13 @@ def reverse_sequences(x: jax.Array, seq_lengths: jax.Array | None) -> jax.Array:
 
 
 def _dropout(x, rate: float, key: jax.Array):
+    if rate == 1.0:
+        return jnp.zeros_like(x)
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
-def _run(
+def run_layer(
     spec: RecurrentSpec,
     params: Params,
     x,
@@ -46,8 +48,8 @@ def _run(
     unroll: int,
     fused_backward: bool,
 ):
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout must be a probability in [0, 1], got {dropout}")
     x = check_x(spec, x, ("B", "T") if batch_first else ("T", "B"))
     dtype = dtype or jnp.result_type(x, *params.values())
     batched = x.ndim == 3
@@ -130,7 +132,7 @@ def _layer(kind: str, params: Params, x, hx, nonlinearity: str = "tanh", **optio
     spec = RecurrentSpec.from_params(params, kind, nonlinearity)
     if spec.cell:
         raise ValueError(f"params hold a {spec.describe()}; use {kind}_cell for a single cell")
-    return _run(spec, params, x, hx, **_DEFAULTS | options)
+    return run_layer(spec, params, x, hx, **_DEFAULTS | options)
 
 
 _DEFAULTS = dict(
