@@ -69,7 +69,7 @@ def run_torch(module, x, hx=None, seq_lengths=None, batch_first=False, loss_weig
         if seq_lengths is not None:
             lengths = np.atleast_1d(np.asarray(seq_lengths))
             if unbatched:  # torch packs batched input only: run a batch of one
-                inp = x_t.unsqueeze(1)
+                inp = x_t.unsqueeze(0 if batch_first else 1)
                 state = None if state is None else _map(state, lambda s: s.unsqueeze(1))
             T = inp.shape[1 if batch_first else 0]
             inp = torch.nn.utils.rnn.pack_padded_sequence(
@@ -78,7 +78,7 @@ def run_torch(module, x, hx=None, seq_lengths=None, batch_first=False, loss_weig
             out, state_n = module(inp, state)
             out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first, total_length=T)
             if unbatched:
-                out = out.squeeze(1)
+                out = out.squeeze(0 if batch_first else 1)
                 state_n = _map(state_n, lambda s: s.squeeze(1))
         else:
             out, state_n = module(inp, state)

@@ -1,0 +1,151 @@
+"""Parity with torch on the same weights and inputs: outputs, final states, and gradients of a
+scalar loss w.r.t. every parameter, the input and the initial state.
+
+Reference: torch.nn.RNN/LSTM/GRU (and their cells) in the same dtype; variable lengths through
+`pack_padded_sequence(enforce_sorted=False)` -> module -> `pad_packed_sequence(total_length=T)`.
+Tolerances: max abs error < 1e-5 in float32, < 1e-10 in float64 (jax x64).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from frontends import FRONTENDS, cell_fn, layer_fn
+from matrix import OPTIONS, covering_rows, row_id
+from torch_reference import assert_close, numpy_state_dict, run_torch, torch_module
+
+from jaxrnn.functional import RecurrentSpec
+
+T, B, INPUT, HIDDEN, PROJ = 5, 3, 4, 6, 3
+LENGTHS = np.array([5, 2, 4])  # unsorted, includes T
+
+
+def spec_of(row: dict) -> RecurrentSpec:
+    kind, _, nonlinearity = row["kind"].partition("_")
+    return RecurrentSpec(
+        kind,
+        INPUT,
+        HIDDEN,
+        num_layers=row["num_layers"],
+        bias=row["bias"],
+        bidirectional=row["bidirectional"],
+        proj_size=PROJ if row["proj"] and kind == "lstm" else 0,
+        nonlinearity=nonlinearity or "tanh",
+    )
+
+
+def loss_and_grads(fn, params, x, hx, seq_lengths, weights):
+    """sum(w * output) + sum(w * each final state) and its gradients w.r.t. params, x and hx."""
+
+    def loss(params, x, hx):
+        output, state = fn(params, x, hx, seq_lengths)
+        outs = (output, *state) if isinstance(state, tuple) else (output, state)
+        return sum((o * w).sum() for o, w in zip(outs, weights)), outs
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, x, hx)
+
+
+@pytest.mark.parametrize("row", covering_rows(OPTIONS, FRONTENDS), ids=row_id)
+def test_layer_matches_torch(row, rng):
+    spec, dtype = spec_of(row), np.dtype(row["dtype"])
+    module = torch_module(spec, batch_first=row["batch_first"], dtype=dtype)
+    params = numpy_state_dict(module)
+    shape = (T, INPUT) if row["unbatched"] else ((B, T, INPUT) if row["batch_first"] else (T, B, INPUT))
+    x = rng.standard_normal(shape).astype(dtype)
+    lead = (spec.num_directions * spec.num_layers,) + (() if row["unbatched"] else (B,))
+    hx = None
+    if row["h0"]:
+        sizes = [spec.output_size] + [HIDDEN] * (spec.kind == "lstm")
+        hx = tuple(rng.standard_normal((*lead, s)).astype(dtype) for s in sizes)
+    seq_lengths = (np.int32(3) if row["unbatched"] else LENGTHS) if row["seq_lengths"] else None
+
+    expected, _ = run_torch(module, x, hx, seq_lengths, row["batch_first"])
+    weights = [rng.standard_normal(e.shape).astype(dtype) for e in expected]
+    expected, expected_grads = run_torch(module, x, hx, seq_lengths, row["batch_first"], weights)
+
+    fn = layer_fn(
+        row["frontend"], spec, batch_first=row["batch_first"], fused_backward=row["fused_backward"]
+    )
+    jax_hx = hx if hx is None or spec.kind == "lstm" else hx[0]
+    (_, outputs), (d_params, d_x, d_hx) = loss_and_grads(fn, params, x, jax_hx, seq_lengths, weights)
+
+    for name, actual, want in zip(("output", "h_n", "c_n"), outputs, expected):
+        assert_close(actual, want, name)
+    assert set(d_params) == set(expected_grads) - {"x", "hx"}
+    for name, grad in d_params.items():
+        assert_close(grad, expected_grads[name], f"d {name}")
+    assert_close(d_x, expected_grads["x"], "d x")
+    if hx is not None:
+        for actual, want in zip(d_hx if spec.kind == "lstm" else (d_hx,), expected_grads["hx"]):
+            assert_close(actual, want, "d hx")
+    if seq_lengths is not None:  # torch zeroes padding; check it is exactly zero here too
+        output = np.asarray(outputs[0])
+        valid = np.arange(T)[:, None] < np.atleast_1d(seq_lengths)
+        if row["unbatched"]:
+            valid = valid[:, 0]
+        elif row["batch_first"]:
+            valid = valid.T
+        assert np.all(output[~valid] == 0)
+
+
+CELL_ROWS = [
+    dict(kind=k, bias=b, batched=bt, dtype=d, frontend=f)
+    for k in ("rnn_tanh", "rnn_relu", "lstm", "gru")
+    for b in (True, False)
+    for bt, d, f in (
+        (True, "float32", "functional"),
+        (False, "float64", "linen"),
+        (True, "float64", "linen"),
+        (False, "float32", "functional"),
+    )
+]
+
+
+@pytest.mark.parametrize("row", CELL_ROWS, ids=lambda r: "-".join(str(v) for v in r.values()))
+def test_cell_matches_torch(row, rng):
+    kind, _, nonlinearity = row["kind"].partition("_")
+    spec = RecurrentSpec(kind, INPUT, HIDDEN, bias=row["bias"], nonlinearity=nonlinearity or "tanh", cell=True)
+    dtype = np.dtype(row["dtype"])
+    module = torch_module(spec, dtype=dtype)
+    params = numpy_state_dict(module)
+    lead = (B,) if row["batched"] else ()
+    x = rng.standard_normal((*lead, INPUT)).astype(dtype)
+    hx = tuple(rng.standard_normal((*lead, HIDDEN)).astype(dtype) for _ in range(1 + (kind == "lstm")))
+    expected, _ = run_torch(module, x, hx)
+    weights = [rng.standard_normal(e.shape).astype(dtype) for e in expected]
+    expected, expected_grads = run_torch(module, x, hx, loss_weights=weights)
+
+    fn = cell_fn(row["frontend"], spec)
+
+    def loss(params, x, hx):
+        state = fn(params, x, hx if kind == "lstm" else hx[0])
+        outs = tuple(state) if kind == "lstm" else (state,)
+        return sum((o * w).sum() for o, w in zip(outs, weights)), outs
+
+    (_, outputs), (d_params, d_x, d_hx) = jax.jit(
+        jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+    )(params, x, hx)
+    for actual, want in zip(outputs, expected):
+        assert_close(actual, want, "state")
+    for name, grad in d_params.items():
+        assert_close(grad, expected_grads[name], f"d {name}")
+    assert_close(d_x, expected_grads["x"], "d x")
+    for actual, want in zip(d_hx, expected_grads["hx"]):
+        assert_close(actual, want, "d hx")
+
+
+def test_long_sequence_float32_error_is_torchs(rng):
+    """T=200: the f32 drift against a f64 reference is of torch's own f32 size, not more."""
+    spec = RecurrentSpec("lstm", INPUT, HIDDEN)
+    module = torch_module(spec, dtype=np.float64)
+    params64 = numpy_state_dict(module)
+    x = rng.standard_normal((200, B, INPUT))
+    (ref, *_), _ = run_torch(module, x)
+    (torch32, *_), _ = run_torch(module.float(), x.astype(np.float32))
+    fn = layer_fn("functional", spec)
+    ours = fn({k: v.astype(np.float32) for k, v in params64.items()}, jnp.asarray(x, jnp.float32), None, None)[0]
+    torch_err = np.abs(torch32 - ref).max()
+    our_err = np.abs(np.asarray(ours, np.float64) - ref).max()
+    assert our_err < max(4 * torch_err, 1e-6), (our_err, torch_err)
