@@ -22,13 +22,12 @@ def assert_close(actual, expected, what: str = "") -> None:
 
 def torch_module(spec: RecurrentSpec, batch_first: bool = False, dtype=torch.float32):
     """The torch module that `spec` describes, with torch's own random initialisation."""
-    torch_dtype = {np.dtype("float32"): torch.float32, np.dtype("float64"): torch.float64}.get(
-        np.dtype(dtype), dtype
-    )
+    if not isinstance(dtype, torch.dtype):
+        dtype = {"float32": torch.float32, "float64": torch.float64}[np.dtype(dtype).name]
     if spec.cell:
         cls = {"rnn": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}[spec.kind]
         extra = {"nonlinearity": spec.nonlinearity} if spec.kind == "rnn" else {}
-        return cls(spec.input_size, spec.hidden_size, bias=spec.bias, **extra).to(torch_dtype)
+        return cls(spec.input_size, spec.hidden_size, bias=spec.bias, **extra).to(dtype)
     cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[spec.kind]
     extra = {"nonlinearity": spec.nonlinearity} if spec.kind == "rnn" else {}
     if spec.proj_size:
@@ -41,7 +40,7 @@ def torch_module(spec: RecurrentSpec, batch_first: bool = False, dtype=torch.flo
         batch_first=batch_first,
         bidirectional=spec.bidirectional,
         **extra,
-    ).to(torch_dtype)
+    ).to(dtype)
 
 
 def numpy_state_dict(module: torch.nn.Module) -> dict[str, np.ndarray]:

@@ -159,21 +159,21 @@ class RecurrentSpec:
             if len(shape.get(k, ())) != 2:
                 raise ValueError(f"params need a 2-D {k!r}, got {shape.get(k, 'nothing')}")
         gh, input_size = shape[w_ih]
-        hidden_size = None
-        if cell or f"weight_hr_l0" not in shape:
-            hidden_size = shape[w_hh][1]
+        if kind is not None:
+            if kind not in GATES:
+                raise ValueError(f"kind must be one of {tuple(GATES)}, got {kind!r}")
+            if gh % GATES[kind]:
+                raise ValueError(f"{w_ih!r} has {gh} rows, not {GATES[kind]} * hidden_size ({kind})")
+            hidden_size = gh // GATES[kind]
         else:
-            hidden_size = shape["weight_hr_l0"][1]
-        if gh % hidden_size:
-            raise ValueError(
-                f"{w_ih!r} has {gh} rows, not a multiple of hidden_size={hidden_size}"
-            )
-        gates = gh // hidden_size
-        inferred = {v: k for k, v in GATES.items()}.get(gates)
-        if kind is None:
-            if inferred is None:
-                raise ValueError(f"{w_ih!r} has {gates}*hidden_size rows; expected 1, 3 or 4")
-            kind = inferred
+            w_h = w_hh if cell or "weight_hr_l0" not in shape else "weight_hr_l0"
+            hidden_size = shape[w_h][1]
+            kind = {g * hidden_size: k for k, g in GATES.items()}.get(gh)
+            if kind is None:
+                raise ValueError(
+                    f"{w_ih!r} has {gh} rows but {w_h!r} says hidden_size={hidden_size}: expected "
+                    "1, 3 or 4 * hidden_size rows (RNN, GRU, LSTM)"
+                )
         spec_args = dict(
             kind=kind,
             input_size=input_size,
@@ -183,9 +183,11 @@ class RecurrentSpec:
             cell=cell,
         )
         if not cell:
-            layers = {int(_LAYER_KEY.match(k).group(2)) for k in layer_keys}
+            num_layers = 1  # the run of consecutive layers from 0; stray keys are then unexpected
+            while f"weight_ih_l{num_layers}" in shape:
+                num_layers += 1
             spec_args |= dict(
-                num_layers=max(layers) + 1,
+                num_layers=num_layers,
                 bidirectional="weight_ih_l0_reverse" in shape,
                 proj_size=shape.get("weight_hr_l0", (0,))[0],
             )
