@@ -3,12 +3,16 @@ so that every parity test runs unchanged against all of them."""
 
 from __future__ import annotations
 
-import jaxrnn
 from jaxrnn import functional as F
+import jax
+from flax import nnx
+
+import jaxrnn.nnx
 from jaxrnn.convert import module_for
+from jaxrnn.convert._torch import constructor_args
 from jaxrnn.functional import RecurrentSpec
 
-FRONTENDS = ["functional", "linen"]
+FRONTENDS = ["functional", "linen", "nnx"]
 
 
 def layer_fn(frontend: str, spec: RecurrentSpec, *, batch_first=False, **knobs):
@@ -28,7 +32,24 @@ def layer_fn(frontend: str, spec: RecurrentSpec, *, batch_first=False, **knobs):
             return module.apply({"params": params}, x, hx, seq_lengths=seq_lengths)
 
         return run
+    if frontend == "nnx":
+        run = _nnx_fn(spec, batch_first=batch_first, **knobs)
+        return lambda params, x, hx, seq_lengths: run(params, x, hx, seq_lengths=seq_lengths)
     raise ValueError(frontend)
+
+
+def _nnx_fn(spec: RecurrentSpec, **options):
+    """The NNX model for `spec`, called with the given params put into a copy of it."""
+    name = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[spec.kind] + "Cell" * spec.cell
+    args, kwargs = constructor_args(spec)
+    graphdef, state = nnx.split(getattr(jaxrnn.nnx, name)(*args, **kwargs, **options, rngs=nnx.Rngs(0)))
+
+    def run(params, *call_args, **call_kwargs):
+        fresh = jax.tree.map(lambda v: v, state)  # Variables of this trace
+        nnx.replace_by_pure_dict(fresh, params)
+        return nnx.merge(graphdef, fresh)(*call_args, **call_kwargs)
+
+    return run
 
 
 def cell_fn(frontend: str, spec: RecurrentSpec):
@@ -40,7 +61,8 @@ def cell_fn(frontend: str, spec: RecurrentSpec):
     if frontend == "linen":
         module = module_for(spec)
         return lambda params, x, hx: module.apply({"params": params}, x, hx)
+    if frontend == "nnx":
+        return _nnx_fn(spec)
     raise ValueError(frontend)
 
 
-__all__ = ["FRONTENDS", "layer_fn", "cell_fn", "jaxrnn"]

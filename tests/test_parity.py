@@ -97,8 +97,8 @@ CELL_ROWS = [
     for bt, d, f in (
         (True, "float32", "functional"),
         (False, "float64", "linen"),
-        (True, "float64", "linen"),
-        (False, "float32", "functional"),
+        (True, "float64", "nnx"),
+        (False, "float32", "nnx"),
     )
 ]
 

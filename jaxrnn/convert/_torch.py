@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
+from flax import nnx
 
 from .. import linen
 from ..functional._spec import RecurrentSpec
@@ -112,8 +113,8 @@ def from_torch(
 
 
 def _plain_params(variables) -> dict[str, Any]:
-    if hasattr(variables, "to_pure_dict"):  # an nnx.State
-        variables = variables.to_pure_dict()
+    if isinstance(variables, nnx.State):
+        variables = nnx.to_pure_dict(variables)
     if isinstance(variables, Mapping) and "params" in variables:
         variables = variables["params"]
     if not isinstance(variables, Mapping):
@@ -150,11 +151,9 @@ def to_torch(variables, *, prefix: str = "") -> dict[str, Any]:
     return state_dict
 
 
-def module_for(spec: RecurrentSpec, **options) -> linen.nn.Module:
-    """The Linen module for `spec`; `options` are the arguments the weights do not determine."""
-    cls = {"rnn": linen.RNN, "lstm": linen.LSTM, "gru": linen.GRU}[spec.kind]
+def constructor_args(spec: RecurrentSpec) -> tuple[tuple, dict[str, Any]]:
+    """`(args, kwargs)` of the jaxrnn constructor (Linen or NNX) that builds `spec`."""
     if spec.cell:
-        cls = {"rnn": linen.RNNCell, "lstm": linen.LSTMCell, "gru": linen.GRUCell}[spec.kind]
         kwargs = dict(bias=spec.bias)
     else:
         kwargs = dict(num_layers=spec.num_layers, bias=spec.bias, bidirectional=spec.bidirectional)
@@ -162,7 +161,22 @@ def module_for(spec: RecurrentSpec, **options) -> linen.nn.Module:
             kwargs["proj_size"] = spec.proj_size
     if spec.kind == "rnn":
         kwargs["nonlinearity"] = spec.nonlinearity
-    return cls(spec.input_size, spec.hidden_size, **kwargs, **options)
+    return (spec.input_size, spec.hidden_size), kwargs
+
+
+def torch_layer_options(source, prefix: str = "") -> dict[str, Any]:
+    """`batch_first` and `dropout` of a torch layer (nothing for cells, state_dicts and files)."""
+    module, _ = _resolve(source, prefix)
+    if _is_torch_module(module) and hasattr(module, "batch_first"):
+        return {"batch_first": module.batch_first, "dropout": float(module.dropout)}
+    return {}
+
+
+def module_for(spec: RecurrentSpec, **options) -> linen.nn.Module:
+    """The Linen module for `spec`; `options` are the arguments the weights do not determine."""
+    names = ("RNN", "LSTM", "GRU")[("rnn", "lstm", "gru").index(spec.kind)] + "Cell" * spec.cell
+    args, kwargs = constructor_args(spec)
+    return getattr(linen, names)(*args, **kwargs, **options)
 
 
 def module_from_torch(source, *, prefix: str = "", nonlinearity: str = "tanh", **options):
@@ -179,8 +193,6 @@ def module_from_torch(source, *, prefix: str = "", nonlinearity: str = "tanh", *
     >>> model.apply(variables, jnp.ones((2, 7, 3)))[0].shape
     (2, 7, 5)
     """
-    module, _ = _resolve(source, prefix)
-    if _is_torch_module(module) and hasattr(module, "batch_first"):  # a layer, not a cell
-        options = {"batch_first": module.batch_first, "dropout": float(module.dropout)} | options
+    options = torch_layer_options(source, prefix) | options
     spec, params = read_params(source, prefix=prefix, nonlinearity=nonlinearity)
     return module_for(spec, **options), {"params": {k: jnp.asarray(v) for k, v in params.items()}}
