@@ -1,0 +1,156 @@
+"""The peers every benchmark row is measured against, each built on the same torch weights.
+
+Each builder returns `run(x) -> output` for the forward mode and `run(x) -> grads` for
+forward+backward (gradient of `sum(output)` w.r.t. parameters and input).
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+import jaxrnn
+from jaxrnn.convert import module_from_torch
+
+
+def torch_runner(module: torch.nn.Module, x: np.ndarray, lengths, backward: bool):
+    x_t = torch.tensor(x, requires_grad=backward)
+    lengths_t = None if lengths is None else torch.tensor(lengths)
+
+    def forward():
+        inp = x_t
+        if lengths_t is not None:
+            inp = torch.nn.utils.rnn.pack_padded_sequence(x_t, lengths_t, enforce_sorted=False)
+        out, _ = module(inp)
+        if lengths_t is not None:
+            out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=x.shape[0])
+        return out
+
+    if not backward:
+        def run():
+            with torch.no_grad():
+                return forward()
+    else:
+        def run():
+            module.zero_grad(set_to_none=True)
+            x_t.grad = None
+            forward().sum().backward()
+            return x_t.grad
+    return run
+
+
+def _jax_runner(apply, params, x, lengths, backward: bool):
+    """jit `apply(params, x, lengths)`; in backward mode, its gradient w.r.t. params and x."""
+    x = jnp.asarray(x)
+    lengths = None if lengths is None else jnp.asarray(lengths)
+    if backward:
+        fn = jax.jit(jax.grad(lambda p, x: apply(p, x, lengths).sum(), argnums=(0, 1)))
+    else:
+        fn = jax.jit(lambda p, x: apply(p, x, lengths))
+    return lambda: jax.block_until_ready(fn(params, x))
+
+
+def jaxrnn_runner(module: torch.nn.Module, x, lengths, backward: bool):
+    model, variables = module_from_torch(module)
+    apply = lambda v, x, n: model.apply(v, x, seq_lengths=n)[0]  # noqa: E731
+    return _jax_runner(apply, variables, x, lengths, backward)
+
+
+# Flax's own cells, with torch's weights mapped into their trees (kernels are W.T, and the two
+# torch biases fold into one where the cell has one: exact for forward and for these gradients).
+def _flax_cell(kind: str, hidden: int):
+    if kind == "lstm":
+        return nn.OptimizedLSTMCell(hidden)
+    if kind == "gru":
+        return nn.GRUCell(hidden)
+    return nn.SimpleCell(hidden)
+
+
+class _FlaxStack(nn.Module):
+    kind: str
+    hidden: int
+    num_layers: int
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, x, seq_lengths):  # x (T, B, I), time-major as torch's default
+        for _ in range(self.num_layers):
+            forward = nn.RNN(_flax_cell(self.kind, self.hidden), time_major=True)
+            if self.bidirectional:
+                backward = nn.RNN(_flax_cell(self.kind, self.hidden), time_major=True)
+                x = nn.Bidirectional(forward, backward, time_major=True)(x, seq_lengths=seq_lengths)
+            else:
+                x = forward(x, seq_lengths=seq_lengths)
+        return x
+
+
+def flax_runner(module: torch.nn.Module, x, lengths, backward: bool, kind: str):
+    stack = _FlaxStack(kind, module.hidden_size, module.num_layers, module.bidirectional)
+    variables = stack.init(jax.random.key(0), jnp.asarray(x), None)  # Flax's own init: speed only
+    return _jax_runner(lambda v, x, n: stack.apply(v, x, n), variables, x, lengths, backward)
+
+
+def equinox_runner(module: torch.nn.Module, x, lengths, backward: bool, kind: str):
+    """Equinox cells under `lax.scan`, one scan per layer and direction, masked when needed."""
+    cls = {"lstm": eqx.nn.LSTMCell, "gru": eqx.nn.GRUCell, "rnn": None}[kind]
+    directions = 2 if module.bidirectional else 1
+    keys = iter(jax.random.split(jax.random.key(0), 2 * module.num_layers))
+    cells = []
+    for layer in range(module.num_layers):
+        size = x.shape[-1] if layer == 0 else directions * module.hidden_size
+        if cls is None:
+            cells.append([_EqxRNNCell(size, module.hidden_size, next(keys)) for _ in range(directions)])
+        else:
+            cells.append([cls(size, module.hidden_size, key=next(keys)) for _ in range(directions)])
+
+    def apply(cells, x, lengths):
+        T, B = x.shape[:2]
+        mask = None if lengths is None else jnp.arange(T)[:, None] < lengths
+        for layer_cells in cells:
+            outs = []
+            for d, cell in enumerate(layer_cells):
+                xs = x if d == 0 else jaxrnn.functional.reverse_sequences(x, lengths)
+                zeros = jnp.zeros((B, module.hidden_size), x.dtype)
+                h0 = (zeros, zeros) if kind == "lstm" else zeros
+
+                def step(h, inputs, cell=cell):
+                    x_t, m_t = inputs
+                    new = jax.vmap(cell)(x_t, h)
+                    if m_t is not None:
+                        new = jax.tree.map(lambda n, o: jnp.where(m_t[:, None], n, o), new, h)
+                    out = new[0] if kind == "lstm" else new
+                    return new, out
+
+                _, ys = jax.lax.scan(step, h0, (xs, mask))
+                outs.append(ys if d == 0 else jaxrnn.functional.reverse_sequences(ys, lengths))
+            x = jnp.concatenate(outs, -1)
+        return x
+
+    return _jax_runner(apply, cells, x, lengths, backward)
+
+
+class _EqxRNNCell(eqx.Module):
+    """Equinox has no Elman cell: the same two Linear layers its cells use, with tanh."""
+
+    ih: eqx.nn.Linear
+    hh: eqx.nn.Linear
+
+    def __init__(self, input_size, hidden_size, key):
+        k1, k2 = jax.random.split(key)
+        self.ih = eqx.nn.Linear(input_size, hidden_size, key=k1)
+        self.hh = eqx.nn.Linear(hidden_size, hidden_size, key=k2)
+
+    def __call__(self, x, h):
+        return jnp.tanh(self.ih(x) + self.hh(h))
+
+
+PEERS = {
+    "torch": torch_runner,
+    "jaxrnn": jaxrnn_runner,
+    "flax": flax_runner,
+    "equinox": equinox_runner,
+}

@@ -1,0 +1,189 @@
+"""Benchmark jaxrnn against torch, Flax's nn.RNN and Equinox cells; write RESULTS.md and a figure.
+
+    python benchmarks/run.py            # the full grid (a few minutes on 2 cores)
+    python benchmarks/run.py --quick    # tiny sizes, as CI runs it
+
+Every peer runs on the same torch weights and inputs with the same thread count; times are
+medians of `--repeats` runs after a warm-up call, compile time (first call) is reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+os.environ.setdefault(
+    "XLA_FLAGS",
+    f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={THREADS}",
+)
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import track  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from peers import PEERS  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SIZES = [(32, 100, 128), (8, 500, 256), (64, 50, 512), (1, 1000, 64)]
+QUICK_SIZES = [(4, 20, 16)]
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def cases(quick: bool):
+    """(kind, mode, B, T, H, num_layers, bidirectional, seq_lengths) rows."""
+    sizes = QUICK_SIZES if quick else SIZES
+    rows = []
+    for kind in ("lstm", "gru", "rnn"):
+        for mode in ("fwd", "fwd+bwd"):
+            for B, T, H in sizes:
+                rows.append((kind, mode, B, T, H, 1, False, False))
+            B, T, H = sizes[0]
+            rows.append((kind, mode, B, T, H, 2, True, False))  # 2-layer bidirectional
+            rows.append((kind, mode, B, T, H, 1, False, True))  # variable lengths
+    return rows
+
+
+def median_ms(run, repeats: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    run()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    median = float(np.median(times))
+    return median * 1e3, max(first - median, 0.0)
+
+
+def flops(kind, mode, B, T, H, num_layers, bidirectional) -> float:
+    """Matmul FLOPs: 2 * T * B * (I + H) * G * H per layer and direction; backward twice that."""
+    D = 2 if bidirectional else 1
+    total = 0.0
+    for layer in range(num_layers):
+        size = H if layer == 0 else D * H
+        total += D * 2 * T * B * (size + H) * GATES[kind] * H
+    return total * (3 if mode == "fwd+bwd" else 1)
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    ms, _ = median_ms(lambda: f(a).block_until_ready(), repeats)
+    return 2 * n**3 / (ms * 1e-3) / 1e9
+
+
+def measure(row, repeats: int, rng) -> dict:
+    kind, mode, B, T, H, num_layers, bidirectional, varlen = row
+    torch_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
+    module = torch_cls(H, H, num_layers=num_layers, bidirectional=bidirectional)
+    x = rng.standard_normal((T, B, H)).astype(np.float32)
+    lengths = rng.integers(T // 2, T + 1, B) if varlen else None
+    if varlen:
+        lengths[0] = T
+    backward = mode == "fwd+bwd"
+    result = {}
+    for name, builder in PEERS.items():
+        extra = {"kind": kind} if name in ("flax", "equinox") else {}
+        run = builder(module, x, lengths, backward, **extra)
+        result[name], result[f"{name}_compile"] = median_ms(run, repeats)
+    result["gflops"] = flops(kind, mode, B, T, H, num_layers, bidirectional) / (result["jaxrnn"] * 1e-3) / 1e9
+    return result
+
+
+def label(row) -> str:
+    kind, mode, B, T, H, num_layers, bidirectional, varlen = row
+    extra = " 2L-bi" if bidirectional else (" lengths" if varlen else "")
+    return f"{kind.upper()} {B}/{T}/{H}{extra} {mode}"
+
+
+def geomean(values) -> float:
+    return float(np.exp(np.mean(np.log(values))))
+
+
+def write_results(rows, results, peak, path_md, path_png, quick):
+    peers = [p for p in PEERS if p != "jaxrnn"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"CPU, {THREADS} threads for every peer (XLA intra-op threads, `torch.set_num_threads`); "
+        f"float32; jax {jax.__version__}, torch {torch.__version__}; medians after a warm-up. "
+        f"Ratio = jaxrnn time / peer time (< 1: jaxrnn is faster). Large-matmul peak on this machine: "
+        f"{peak:.0f} GFLOP/s. Produced by `python benchmarks/run.py{' --quick' if quick else ''}`.",
+        "",
+        "| case (B/T/H) | jaxrnn ms | " + " | ".join(f"{p} ms" for p in peers)
+        + " | " + " | ".join(f"/{p}" for p in peers) + " | GFLOP/s (of peak) | compile s |",
+        "|---" * (3 + 2 * len(peers) + 1) + "|",
+    ]
+    for row, r in zip(rows, results):
+        lines.append(
+            f"| {label(row)} | {r['jaxrnn']:.2f} | "
+            + " | ".join(f"{r[p]:.2f}" for p in peers) + " | "
+            + " | ".join(f"{r['jaxrnn'] / r[p]:.2f}" for p in peers)
+            + f" | {r['gflops']:.0f} ({r['gflops'] / peak:.0%}) | {r['jaxrnn_compile']:.1f} |"
+        )
+    lines += ["", "| ratio jaxrnn / peer | worst | geometric mean |", "|---|---|---|"]
+    for p in peers:
+        ratios = [r["jaxrnn"] / r[p] for r in results]
+        worst = int(np.argmax(ratios))
+        lines.append(f"| {p} | {ratios[worst]:.2f} ({label(rows[worst])}) | {geomean(ratios):.2f} |")
+    with open(path_md, "w") as file:
+        file.write("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 0.28 * len(rows) + 1.5))
+    y = np.arange(len(rows))
+    for i, p in enumerate(peers):
+        ax.barh(y + (i - 1) * 0.27, [r["jaxrnn"] / r[p] for r in results], height=0.27, label=f"vs {p}")
+    ax.axvline(1.0, color="black", lw=1)
+    ax.set_xscale("log")
+    ax.set_yticks(y, [label(row) for row in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("jaxrnn time / peer time (log; left of 1 = jaxrnn faster)")
+    ax.set_title(f"jaxrnn against its peers, CPU, {THREADS} threads")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path_png, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for CI")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--only", default="", help="run rows whose label contains this text")
+    parser.add_argument("--out", default=HERE, help="folder for RESULTS.md and results.png")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    rng = np.random.default_rng(0)
+    rows = [r for r in cases(args.quick) if args.only in label(r)]
+    peak = matmul_peak_gflops(256 if args.quick else 2048, args.repeats)
+    results = []
+    console = Console()
+    for row in track(rows, description="benchmarking", console=console):
+        results.append(measure(row, args.repeats, rng))
+        r = results[-1]
+        console.print(
+            f"{label(row):32s} jaxrnn {r['jaxrnn']:8.2f} ms | "
+            + " | ".join(f"{p} {r[p]:8.2f} ({r['jaxrnn'] / r[p]:.2f})" for p in PEERS if p != "jaxrnn")
+        )
+    os.makedirs(args.out, exist_ok=True)
+    write_results(
+        rows, results, peak, os.path.join(args.out, "RESULTS.md"), os.path.join(args.out, "results.png"),
+        args.quick,
+    )
+
+
+if __name__ == "__main__":
+    main()
