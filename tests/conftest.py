@@ -10,3 +10,13 @@ jax.config.update("jax_enable_x64", True)
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# Fuzzed parity: a bounded profile by default (CI), a long one with HYPOTHESIS_PROFILE=long.
+import os  # noqa: E402
+
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", max_examples=6, deadline=None, derandomize=True)
+settings.register_profile("long", max_examples=300, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

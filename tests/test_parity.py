@@ -22,16 +22,16 @@ T, B, INPUT, HIDDEN, PROJ = 5, 3, 4, 6, 3
 LENGTHS = np.array([5, 2, 4])  # unsorted, includes T
 
 
-def spec_of(row: dict) -> RecurrentSpec:
+def spec_of(row: dict, input_size: int = INPUT, hidden_size: int = HIDDEN) -> RecurrentSpec:
     kind, _, nonlinearity = row["kind"].partition("_")
     return RecurrentSpec(
         kind,
-        INPUT,
-        HIDDEN,
+        input_size,
+        hidden_size,
         num_layers=row["num_layers"],
         bias=row["bias"],
         bidirectional=row["bidirectional"],
-        proj_size=PROJ if row["proj"] and kind == "lstm" else 0,
+        proj_size=min(PROJ, hidden_size - 1) if row["proj"] and kind == "lstm" else 0,
         nonlinearity=nonlinearity or "tanh",
     )
 
@@ -49,7 +49,12 @@ def loss_and_grads(fn, params, x, hx, seq_lengths, weights):
 
 @pytest.mark.parametrize("row", covering_rows(OPTIONS, FRONTENDS), ids=row_id)
 def test_layer_matches_torch(row, rng):
-    spec, dtype = spec_of(row), np.dtype(row["dtype"])
+    check_layer_against_torch(row, rng)
+
+
+def check_layer_against_torch(row, rng, T=T, B=B, INPUT=INPUT, HIDDEN=HIDDEN, LENGTHS=LENGTHS):
+    """Compare one configuration `row` (see matrix.OPTIONS) with torch at the given sizes."""
+    spec, dtype = spec_of(row, INPUT, HIDDEN), np.dtype(row["dtype"])
     module = torch_module(spec, batch_first=row["batch_first"], dtype=dtype)
     params = numpy_state_dict(module)
     shape = (T, INPUT) if row["unbatched"] else ((B, T, INPUT) if row["batch_first"] else (T, B, INPUT))
@@ -59,7 +64,7 @@ def test_layer_matches_torch(row, rng):
     if row["h0"]:
         sizes = [spec.output_size] + [HIDDEN] * (spec.kind == "lstm")
         hx = tuple(rng.standard_normal((*lead, s)).astype(dtype) for s in sizes)
-    seq_lengths = (np.int32(3) if row["unbatched"] else LENGTHS) if row["seq_lengths"] else None
+    seq_lengths = (np.int32(LENGTHS[0]) if row["unbatched"] else LENGTHS) if row["seq_lengths"] else None
 
     expected, _ = run_torch(module, x, hx, seq_lengths, row["batch_first"])
     weights = [rng.standard_normal(e.shape).astype(dtype) for e in expected]
