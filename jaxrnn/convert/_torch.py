@@ -79,7 +79,10 @@ def read_params(
     """The configuration and the (numpy) parameters of the recurrent layer in `source`."""
     source, prefix = _resolve(source, prefix)
     if _is_torch_module(source):
-        kind, nonlinearity = _torch_kind(source)
+        module_kind, nonlinearity = _torch_kind(source)
+        if kind not in (None, module_kind):
+            raise ValueError(f"expected the weights of a {kind}, got a torch {type(source).__name__}")
+        kind = module_kind
     state_dict = {k: to_numpy(v) for k, v in _read(source, prefix).items()}
     spec = RecurrentSpec.from_params(state_dict, kind, nonlinearity)
     return spec, state_dict
