@@ -3,11 +3,11 @@ so that every parity test runs unchanged against all of them."""
 
 from __future__ import annotations
 
-from jaxrnn import functional as F
 import jax
 from flax import nnx
 
 import jaxrnn.nnx
+from jaxrnn import functional as F
 from jaxrnn.convert import module_for
 from jaxrnn.convert._torch import constructor_args
 from jaxrnn.functional import RecurrentSpec

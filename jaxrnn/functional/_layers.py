@@ -7,7 +7,6 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ._checks import check_hx, check_lengths, check_x
 from ._math import LSTMState
@@ -71,7 +70,7 @@ def run_layer(
     D = spec.num_directions
     finals = []
     for layer in range(spec.num_layers):
-        def p(name, suffix):
+        def p(name, suffix, layer=layer):
             return params.get(f"{name}_l{layer}{suffix}")
 
         xp = []

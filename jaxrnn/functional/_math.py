@@ -13,7 +13,8 @@ LSTM projection (`h = h_raw @ W_hr^T`).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -107,11 +107,12 @@ def _recurrence_bwd(math_key, unroll, precision, saved, cotangents):
     d_state0, (d_xp, d_hh, d_h) = jax.lax.scan(
         step, d_final, (d_ys, states_prev, pres, h_raws, mask), reverse=True, unroll=unroll
     )
-    matmul = functools.partial(jnp.einsum, precision=precision)
+    # The weight gradients: one large matmul over all time steps each.
+    over_time = functools.partial(jnp.einsum, precision=precision)
     d_w = LoopWeights(
-        whh=matmul("tdbh,tdbg->dhg", states_prev[0], d_hh),
+        whh=over_time("tdbh,tdbg->dhg", states_prev[0], d_hh),
         bhh=None if w.bhh is None else d_hh.sum((0, 2))[:, None],
-        whr=None if w.whr is None else matmul("tdbk,tdbp->dkp", h_raws, d_h),
+        whr=None if w.whr is None else over_time("tdbk,tdbp->dkp", h_raws, d_h),
     )
     return d_w, d_xp, d_state0, None
 
