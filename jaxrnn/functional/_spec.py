@@ -18,7 +18,6 @@ import jax.numpy as jnp
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 NONLINEARITIES = ("tanh", "relu")
 _LAYER_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
-_CELL_KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,8 +146,7 @@ class RecurrentSpec:
         keys = list(params)
         shape = {k: tuple(getattr(params[k], "shape", ())) for k in keys}
         cell = "weight_ih" in shape
-        layer_keys = [k for k in keys if _LAYER_KEY.match(k)]
-        if not cell and not layer_keys:
+        if not cell and not any(_LAYER_KEY.match(k) for k in keys):
             raise ValueError(
                 "params are not a recurrent layer or cell: expected keys like 'weight_ih_l0' "
                 f"(layer) or 'weight_ih' (cell), got {keys[:8]}{' ...' if len(keys) > 8 else ''}"
