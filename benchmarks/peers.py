@@ -60,8 +60,7 @@ def jaxrnn_runner(module: torch.nn.Module, x, lengths, backward: bool):
     return _jax_runner(apply, variables, x, lengths, backward)
 
 
-# Flax's own cells, with torch's weights mapped into their trees (kernels are W.T, and the two
-# torch biases fold into one where the cell has one: exact for forward and for these gradients).
+# Flax's own cells with their own initialisation: the weights' values do not change the time.
 def _flax_cell(kind: str, hidden: int):
     if kind == "lstm":
         return nn.OptimizedLSTMCell(hidden)

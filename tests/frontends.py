@@ -40,9 +40,8 @@ def layer_fn(frontend: str, spec: RecurrentSpec, *, batch_first=False, **knobs):
 
 def _nnx_fn(spec: RecurrentSpec, **options):
     """The NNX model for `spec`, called with the given params put into a copy of it."""
-    name = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[spec.kind] + "Cell" * spec.cell
     args, kwargs = constructor_args(spec)
-    graphdef, state = nnx.split(getattr(jaxrnn.nnx, name)(*args, **kwargs, **options, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(getattr(jaxrnn.nnx, spec.class_name)(*args, **kwargs, **options, rngs=nnx.Rngs(0)))
 
     def run(params, *call_args, **call_kwargs):
         fresh = jax.tree.map(lambda v: v, state)  # Variables of this trace

@@ -177,9 +177,8 @@ def torch_layer_options(source, prefix: str = "") -> dict[str, Any]:
 
 def module_for(spec: RecurrentSpec, **options) -> linen.nn.Module:
     """The Linen module for `spec`; `options` are the arguments the weights do not determine."""
-    names = ("RNN", "LSTM", "GRU")[("rnn", "lstm", "gru").index(spec.kind)] + "Cell" * spec.cell
     args, kwargs = constructor_args(spec)
-    return getattr(linen, names)(*args, **kwargs, **options)
+    return getattr(linen, spec.class_name)(*args, **kwargs, **options)
 
 
 def module_from_torch(source, *, prefix: str = "", nonlinearity: str = "tanh", **options):

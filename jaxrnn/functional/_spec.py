@@ -120,9 +120,13 @@ class RecurrentSpec:
         if problems:
             raise ValueError(f"{what} do not fit {self.describe()}: " + "; ".join(problems))
 
+    @property
+    def class_name(self) -> str:
+        """torch's (and jaxrnn's) class for this configuration: "LSTM", "GRUCell", ..."""
+        return {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[self.kind] + "Cell" * self.cell
+
     def describe(self) -> str:
         """A constructor call that builds this configuration, e.g. `LSTM(8, 16, num_layers=2)`."""
-        name = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[self.kind] + ("Cell" if self.cell else "")
         args = [str(self.input_size), str(self.hidden_size)]
         defaults = RecurrentSpec(self.kind, 1, 2, cell=self.cell)
         fields = ("num_layers", "nonlinearity", "bias", "bidirectional", "proj_size")
@@ -131,7 +135,7 @@ class RecurrentSpec:
             for f in fields
             if getattr(self, f) != getattr(defaults, f) and not (self.cell and f == "num_layers")
         ]
-        return f"{name}({', '.join(args)})"
+        return f"{self.class_name}({', '.join(args)})"
 
     @classmethod
     def from_params(
