@@ -58,6 +58,7 @@ class _Layer(_Recurrent):
     _: dataclasses.KW_ONLY
     unroll: int = 1
     fused_backward: bool = True
+    remat: bool | int = False
 
     @property
     def spec(self) -> RecurrentSpec:
@@ -99,6 +100,7 @@ class _Layer(_Recurrent):
             precision=self.precision,
             unroll=self.unroll,
             fused_backward=self.fused_backward,
+            remat=self.remat,
         )
 
 
@@ -133,6 +135,8 @@ _LAYER_ARGS = """
       unroll: time steps per `lax.scan` iteration (keyword-only).
       fused_backward: custom VJP with large weight-gradient matmuls (keyword-only); False
         differentiates through `scan` and supports forward-mode autodiff.
+      remat: gradient checkpointing over time chunks for long sequences (keyword-only): True
+        for chunks of ~sqrt(T) steps, an int for that chunk length.
 
     Call: `module.apply(variables, x, hx=None, *, seq_lengths=None, deterministic=True)` with
     `x` `(T, B, input_size)` (batch_first: `(B, T, input_size)`, unbatched: `(T, input_size)`)

@@ -60,13 +60,13 @@ class _Recurrent(nnx.Module):
 class _Layer(_Recurrent):
     def __init__(
         self, spec, batch_first, dropout, *, dtype, param_dtype, precision, unroll,
-        fused_backward, rngs,
+        fused_backward, remat, rngs,
     ):
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1], got {dropout}")
         super().__init__(spec, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
         self.batch_first, self.dropout = batch_first, dropout
-        self.unroll, self.fused_backward = unroll, fused_backward
+        self.unroll, self.fused_backward, self.remat = unroll, fused_backward, remat
         self.deterministic = False
         self.rngs = rngs["dropout"].fork() if dropout > 0 and spec.num_layers > 1 else None
 
@@ -86,6 +86,7 @@ class _Layer(_Recurrent):
             precision=self.precision,
             unroll=self.unroll,
             fused_backward=self.fused_backward,
+            remat=self.remat,
         )
 
 
@@ -113,14 +114,15 @@ class RNN(_Layer):
         self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
         bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
         bidirectional: bool = False, *, dtype: Any = None, param_dtype: Any = jnp.float32,
-        precision: Any = None, unroll: int = 1, fused_backward: bool = True, rngs: nnx.Rngs,
+        precision: Any = None, unroll: int = 1, fused_backward: bool = True,
+        remat: bool | int = False, rngs: nnx.Rngs,
     ):
         spec = RecurrentSpec(
             "rnn", input_size, hidden_size, num_layers, bias, bidirectional, nonlinearity=nonlinearity
         )
         super().__init__(
             spec, batch_first, dropout, dtype=dtype, param_dtype=param_dtype, precision=precision,
-            unroll=unroll, fused_backward=fused_backward, rngs=rngs,
+            unroll=unroll, fused_backward=fused_backward, remat=remat, rngs=rngs,
         )
 
 
@@ -142,14 +144,15 @@ class LSTM(_Layer):
         self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
         batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
         proj_size: int = 0, *, dtype: Any = None, param_dtype: Any = jnp.float32,
-        precision: Any = None, unroll: int = 1, fused_backward: bool = True, rngs: nnx.Rngs,
+        precision: Any = None, unroll: int = 1, fused_backward: bool = True,
+        remat: bool | int = False, rngs: nnx.Rngs,
     ):
         spec = RecurrentSpec(
             "lstm", input_size, hidden_size, num_layers, bias, bidirectional, proj_size
         )
         super().__init__(
             spec, batch_first, dropout, dtype=dtype, param_dtype=param_dtype, precision=precision,
-            unroll=unroll, fused_backward=fused_backward, rngs=rngs,
+            unroll=unroll, fused_backward=fused_backward, remat=remat, rngs=rngs,
         )
 
 
@@ -171,12 +174,12 @@ class GRU(_Layer):
         self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
         batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
         dtype: Any = None, param_dtype: Any = jnp.float32, precision: Any = None,
-        unroll: int = 1, fused_backward: bool = True, rngs: nnx.Rngs,
+        unroll: int = 1, fused_backward: bool = True, remat: bool | int = False, rngs: nnx.Rngs,
     ):
         spec = RecurrentSpec("gru", input_size, hidden_size, num_layers, bias, bidirectional)
         super().__init__(
             spec, batch_first, dropout, dtype=dtype, param_dtype=param_dtype, precision=precision,
-            unroll=unroll, fused_backward=fused_backward, rngs=rngs,
+            unroll=unroll, fused_backward=fused_backward, remat=remat, rngs=rngs,
         )
 
 

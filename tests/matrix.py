@@ -20,7 +20,7 @@ OPTIONS = {
     "h0": [False, True],
     "seq_lengths": [False, True],
     "dtype": ["float32", "float64"],
-    "fused_backward": [True, False],
+    "backward": ["fused", "autodiff", "remat"],  # custom VJP, autodiff through scan, chunks of 2
 }
 
 
@@ -54,5 +54,5 @@ def covering_rows(options: dict[str, list], frontends: list[str], strength: int 
 
 def row_id(row: dict) -> str:
     flags = [k for k, v in row.items() if v is True]
-    parts = [row["frontend"], row["kind"], f"L{row['num_layers']}", row["dtype"][-2:] ]
+    parts = [row["frontend"], row["kind"], f"L{row['num_layers']}", row["dtype"][-2:], row["backward"]]
     return "-".join(parts + flags)

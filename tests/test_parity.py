@@ -70,9 +70,8 @@ def check_layer_against_torch(row, rng, T=T, B=B, INPUT=INPUT, HIDDEN=HIDDEN, LE
     weights = [rng.standard_normal(e.shape).astype(dtype) for e in expected]
     expected, expected_grads = run_torch(module, x, hx, seq_lengths, row["batch_first"], weights)
 
-    fn = layer_fn(
-        row["frontend"], spec, batch_first=row["batch_first"], fused_backward=row["fused_backward"]
-    )
+    backward = {"fused": {}, "autodiff": {"fused_backward": False}, "remat": {"remat": 2}}[row["backward"]]
+    fn = layer_fn(row["frontend"], spec, batch_first=row["batch_first"], **backward)
     jax_hx = hx if hx is None or spec.kind == "lstm" else hx[0]
     (_, outputs), (d_params, d_x, d_hx) = loss_and_grads(fn, params, x, jax_hx, seq_lengths, weights)
 

@@ -32,6 +32,46 @@ def _dropout(x, rate: float, key: jax.Array):
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
+def _layer_weights(spec: RecurrentSpec, params: Params, layer: int):
+    """Per direction `(W_ih, b_ih)` for the input projection, and the loop's weights."""
+    suffixes = ("", "_reverse")[: spec.num_directions]
+
+    def p(name, suffix):
+        return params.get(f"{name}_l{layer}{suffix}")
+
+    projections = [(p("weight_ih", s), p("bias_ih", s)) for s in suffixes]
+    loop_weights = LoopWeights(
+        whh=jnp.stack([p("weight_hh", s).T for s in suffixes]),
+        bhh=None if not spec.bias else jnp.stack([p("bias_hh", s)[None] for s in suffixes]),
+        whr=None if not spec.proj_size else jnp.stack([p("weight_hr", s).T for s in suffixes]),
+    )
+    return projections, loop_weights
+
+
+def _chunked(run, state0, inputs, chunk: int, T: int):
+    """`run(state, inputs) -> (ys, state)` over time chunks, each rematerialised in backward.
+
+    Only the states at chunk boundaries are kept for the backward pass; each chunk's forward
+    (input projection included) is recomputed then. T is padded to a multiple of `chunk` with
+    steps the mask marks invalid, so they leave the state unchanged.
+    """
+    n = -(-T // chunk)
+    pad = n * chunk - T
+    xs, xs_rev, mask = inputs
+    if mask is None:
+        mask = jnp.ones((T, 1, xs.shape[1], 1), bool)
+    xs, xs_rev, mask = (jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)) for a in (xs, xs_rev, mask))
+    split = functools.partial(jax.tree.map, lambda a: a.reshape(n, chunk, *a.shape[1:]))
+
+    @jax.checkpoint
+    def body(state, chunk_inputs):
+        ys, state = run(state, chunk_inputs)
+        return state, ys
+
+    state, ys = jax.lax.scan(body, state0, split((xs, xs_rev, mask)))
+    return ys.reshape(n * chunk, *ys.shape[2:])[:T], state
+
+
 def run_layer(
     spec: RecurrentSpec,
     params: Params,
@@ -46,15 +86,24 @@ def run_layer(
     precision,
     unroll: int,
     fused_backward: bool,
+    remat: bool | int,
 ):
     if not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout must be a probability in [0, 1], got {dropout}")
+    if isinstance(remat, bool) or remat is None:
+        chunk = None
+    elif isinstance(remat, int) and remat >= 1:
+        chunk = remat
+    else:
+        raise ValueError(f"remat must be a bool or a positive chunk length, got {remat!r}")
     x = check_x(spec, x, ("B", "T") if batch_first else ("T", "B"))
     dtype = dtype or jnp.result_type(x, *params.values())
     batched = x.ndim == 3
     x = x.astype(dtype)
     x = (jnp.swapaxes(x, 0, 1) if batch_first else x) if batched else x[:, None]
     T, B = x.shape[:2]
+    if remat is True:
+        chunk = max(1, round(T**0.5))
     lead = (spec.num_directions * spec.num_layers,) + ((B,) if batched else ())
     state0 = tuple(s if batched else s[:, None] for s in check_hx(spec, hx, lead, dtype))
     lengths = check_lengths(seq_lengths, T, (B,) if batched else ())
@@ -66,24 +115,25 @@ def run_layer(
         unroll,
         precision,
     )
-    suffixes = ("", "_reverse")[: spec.num_directions]
     D = spec.num_directions
     finals = []
     for layer in range(spec.num_layers):
-        def p(name, suffix, layer=layer):
-            return params.get(f"{name}_l{layer}{suffix}")
+        projections, loop_weights = _layer_weights(spec, params, layer)
 
-        xp = []
-        for suffix in suffixes:
-            x_dir = x if not suffix else reverse_sequences(x, lengths)
-            proj = jnp.einsum("tbi,gi->tbg", x_dir, p("weight_ih", suffix), precision=precision)
-            xp.append(proj if p("bias_ih", suffix) is None else proj + p("bias_ih", suffix))
-        w = LoopWeights(
-            whh=jnp.stack([p("weight_hh", s).T for s in suffixes]),
-            bhh=None if not spec.bias else jnp.stack([p("bias_hh", s)[None] for s in suffixes]),
-            whr=None if not spec.proj_size else jnp.stack([p("weight_hr", s).T for s in suffixes]),
-        )
-        ys, final = loop(w, jnp.stack(xp, 1), tuple(s[layer * D : (layer + 1) * D] for s in state0), mask)
+        def run(state, inputs, projections=projections, loop_weights=loop_weights):
+            x_fwd, x_rev, mask = inputs
+            xp = []
+            for x_dir, (w_ih, b_ih) in zip((x_fwd, x_rev), projections):
+                proj = jnp.einsum("tbi,gi->tbg", x_dir, w_ih, precision=precision)
+                xp.append(proj if b_ih is None else proj + b_ih)
+            return loop(loop_weights, jnp.stack(xp, 1), state, mask)
+
+        inputs = (x, reverse_sequences(x, lengths) if D == 2 else x, mask)
+        layer_state0 = tuple(s[layer * D : (layer + 1) * D] for s in state0)
+        if chunk is None:
+            ys, final = run(layer_state0, inputs)
+        else:
+            ys, final = _chunked(run, layer_state0, inputs, chunk, T)
         outputs = [ys[:, 0]] + [reverse_sequences(ys[:, 1], lengths)] * (D == 2)
         x = jnp.concatenate(outputs, -1) if D == 2 else outputs[0]
         if dropout_key is not None and dropout > 0 and layer < spec.num_layers - 1:
@@ -120,6 +170,9 @@ _LAYER_DOC = """
       fused_backward: use the custom VJP that computes weight gradients as large matmuls
         after the reverse loop. Set False to differentiate through `scan` with JAX's autodiff,
         which also supports forward mode (`jax.jvp`, `jax.hessian`).
+      remat: gradient checkpointing for long sequences: True keeps only the states every
+        ~sqrt(T) steps for the backward pass and recomputes each chunk's forward there; an int
+        sets the chunk length. Costs one more forward pass; default False.
 
     Returns:
       `(output, {ret})`: `output` `(T, B, D * H_out)` (batch_first: `(B, T, D * H_out)`),
@@ -143,6 +196,7 @@ _DEFAULTS = dict(
     precision=None,
     unroll=1,
     fused_backward=True,
+    remat=False,
 )
 
 
