@@ -1,0 +1,101 @@
+"""Forward+backward of a long sequence: peak memory and time, with and without `remat`.
+
+    python benchmarks/long_sequence.py            # LSTM B=16, T=20000, H=256
+    python benchmarks/long_sequence.py --T 2000   # shorter
+
+Each configuration runs in its own process so that its peak RSS is its own; the table goes to
+benchmarks/LONG_SEQUENCE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+THREADS = 2
+
+
+def measure(peer: str, remat: str, B: int, T: int, H: int) -> dict:
+    """Runs in a child process: one warm-up (compile) and one timed forward+backward."""
+    import numpy as np
+
+    x_np = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
+    if peer == "torch":
+        import torch
+
+        torch.set_num_threads(THREADS)
+        module = torch.nn.LSTM(H, H)
+        x = torch.tensor(x_np, requires_grad=True)
+
+        def run():
+            module.zero_grad()
+            module(x)[0].sum().backward()
+    else:
+        import jax
+        import jax.numpy as jnp
+
+        import jaxrnn
+
+        model = jaxrnn.LSTM(H, H, remat=json.loads(remat))
+        x = jnp.asarray(x_np)
+        variables = model.init(jax.random.key(0), x[:2])
+        grad = jax.jit(jax.grad(lambda v, x: model.apply(v, x)[0].sum(), argnums=(0, 1)))
+
+        def run():
+            jax.block_until_ready(grad(variables, x))
+
+    run()
+    start = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"seconds": seconds, "peak_gb": peak_gb}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--B", type=int, default=16)
+    parser.add_argument("--T", type=int, default=20000)
+    parser.add_argument("--H", type=int, default=256)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(*args.child, args.B, args.T, args.H)))
+        return
+    env = os.environ | {
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={THREADS}",
+    }
+    rows = []
+    for peer, remat in (("torch", "false"), ("jaxrnn", "false"), ("jaxrnn", "true")):
+        out = subprocess.run(
+            [sys.executable, __file__, "--B", str(args.B), "--T", str(args.T), "--H", str(args.H),
+             "--child", peer, remat],
+            capture_output=True, text=True, env=env, check=True,
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        label = peer if peer == "torch" else f"jaxrnn remat={remat.capitalize()}"
+        rows.append((label, result))
+        print(f"{label:22s} {result['seconds']:7.2f} s  peak RSS {result['peak_gb']:5.2f} GB", flush=True)
+    lines = [
+        "# Long sequences: LSTM forward+backward",
+        "",
+        f"B={args.B}, T={args.T}, H={args.H}, float32, CPU, {THREADS} threads; one timed run after a "
+        "warm-up; peak RSS of the whole process (runtime included). "
+        "Produced by `python benchmarks/long_sequence.py`.",
+        "",
+        "| run | seconds | peak RSS GB |",
+        "|---|---|---|",
+    ] + [f"| {label} | {r['seconds']:.2f} | {r['peak_gb']:.2f} |" for label, r in rows]
+    with open(os.path.join(HERE, "LONG_SEQUENCE.md"), "w") as file:
+        file.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
