@@ -107,7 +107,13 @@ def run_layer(
     lead = (spec.num_directions * spec.num_layers,) + ((B,) if batched else ())
     state0 = tuple(s if batched else s[:, None] for s in check_hx(spec, hx, lead, dtype))
     lengths = check_lengths(seq_lengths, T, (B,) if batched else ())
-    mask = None if lengths is None else (jnp.arange(T)[:, None] < lengths)[:, None, :, None]
+    mask = None
+    if lengths is not None:
+        valid = jnp.arange(T)[:, None] < lengths
+        mask = valid[:, None, :, None]
+        # Padding is never read, as in torch's packed sequences: not even a NaN there may reach
+        # the gradients through the masked steps (0 * NaN).
+        x = jnp.where(valid[..., None], x, 0)
     params = {k: jnp.asarray(v, dtype) for k, v in params.items()}
     loop = functools.partial(
         recurrence if fused_backward else recurrence_autodiff,
