@@ -7,9 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from jaxrnn import functional as F
-from jaxrnn.convert import from_flax_cell, to_flax_cell
+from jaxrnn.convert import from_flax_cell, to_flax_cell, to_nnx_cell
+
+
+def _gru_without_b_hn(**kwargs):
+    cell = torch.nn.GRUCell(3, 5, **kwargs)
+    with torch.no_grad():
+        cell.bias_hh[10:] = 0  # NNX's GRUCell has no b_hn
+    return cell
 
 CASES = [
     ("LSTMCell", lambda: torch.nn.LSTMCell(3, 5), lambda: nn.LSTMCell(5)),
@@ -20,16 +28,31 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("cell_type, torch_cell, flax_cell", CASES)
-def test_flax_cell_with_torch_weights_matches_torch(cell_type, torch_cell, flax_cell):
+NNX_CASES = [
+    ("LSTMCell", lambda: torch.nn.LSTMCell(3, 5), lambda: nnx.LSTMCell(3, 5, rngs=nnx.Rngs(0))),
+    ("OptimizedLSTMCell", lambda: torch.nn.LSTMCell(3, 5), lambda: nnx.OptimizedLSTMCell(3, 5, rngs=nnx.Rngs(0))),
+    ("GRUCell", _gru_without_b_hn, lambda: nnx.GRUCell(3, 5, rngs=nnx.Rngs(0))),
+    ("SimpleCell", lambda: torch.nn.RNNCell(3, 5, bias=False), lambda: nnx.SimpleCell(3, 5, rngs=nnx.Rngs(0))),
+]
+
+
+@pytest.mark.parametrize(
+    "api, cell_type, torch_cell, flax_cell",
+    [("linen", *case) for case in CASES] + [("nnx", *case) for case in NNX_CASES],
+)
+def test_flax_cell_with_torch_weights_matches_torch(api, cell_type, torch_cell, flax_cell):
     source, cell = torch_cell(), flax_cell()
     x, h, c = torch.randn(2, 3), torch.randn(2, 5), torch.randn(2, 5)
     lstm = cell_type.endswith("LSTMCell")
     expected = source(x, (h, c)) if lstm else source(x, h)
     expected = [t.detach().numpy() for t in (expected if lstm else (expected,))]
-    variables = to_flax_cell(source, cell_type)
     carry = (c.numpy(), h.numpy()) if lstm else h.numpy()
-    new_carry, _ = cell.apply(variables, carry, x.numpy())
+    if api == "linen":
+        variables = to_flax_cell(source, cell_type)
+        new_carry, _ = cell.apply(variables, carry, x.numpy())
+    else:
+        variables = to_nnx_cell(cell, source)
+        new_carry, _ = cell(carry, x.numpy())
     actual = [new_carry[1], new_carry[0]] if lstm else [new_carry]  # Flax's carry is (c, h)
     for a, e in zip(actual, expected):
         np.testing.assert_allclose(a, e, atol=1e-5, rtol=0)
@@ -58,6 +81,10 @@ def test_flax_rnn_over_a_torch_layer_direction():
 
 
 def test_what_flax_cells_cannot_express_is_refused():
+    with pytest.raises(ValueError, match=r"nnx.GRUCell has no bias for W_hn h .* use flax.linen.GRUCell"):
+        to_nnx_cell(nnx.GRUCell(3, 5, rngs=nnx.Rngs(0)), torch.nn.GRUCell(3, 5))
+    with pytest.raises(ValueError, match=r"SimpleCell i.kernel has shape \(4, 5\), the torch weights give \(3, 5\)"):
+        to_nnx_cell(nnx.SimpleCell(4, 5, rngs=nnx.Rngs(0)), torch.nn.RNNCell(3, 5))
     with pytest.raises(ValueError, match=r"Flax's LSTMCell has no projection: LSTM\(3, 5, proj_size=2\)"):
         to_flax_cell(torch.nn.LSTM(3, 5, proj_size=2), "LSTMCell")
     with pytest.raises(ValueError, match=r"cell_type must be one of .*got 'MGUCell'"):

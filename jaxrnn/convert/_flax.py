@@ -1,16 +1,20 @@
-"""torch weights <-> the parameter trees of Flax Linen's own cells.
+"""torch weights <-> the parameters of Flax's own cells, Linen and NNX.
 
 Flax's cells (`LSTMCell`, `OptimizedLSTMCell`, `GRUCell`, `SimpleCell`) keep one kernel per
 gate, transposed (`(in, H)`), and fold torch's two biases into one where the formula allows:
 LSTM `h{g}.bias = b_i{g} + b_h{g}`; GRU `ir/iz.bias = b_i + b_h`, `in.bias = b_in`,
 `hn.bias = b_hn` (the reset gate multiplies it, as in torch); SimpleCell `i.bias = b_ih + b_hh`.
 Folding is exact for the forward pass and cannot be undone: going back puts the folded bias in
-`bias_ih` and zeros in `bias_hh`.
+`bias_ih` and zeros in `bias_hh`. NNX's cells hold the same numbers under other names
+(`OptimizedLSTMCell`, `GRUCell` and `SimpleCell` concatenate the gates in `dense_i`/`dense_h`);
+NNX's `GRUCell` has no `b_hn`, so only weights with `b_hn == 0` fit it.
 """
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from ..functional._spec import RecurrentSpec
 from ._torch import read_params
@@ -71,14 +75,101 @@ def to_flax_cell(
     return {"params": tree}
 
 
-def from_flax_cell(variables, cell_type: str) -> dict[str, np.ndarray]:
-    """torch-layout cell params (`weight_ih`, ..., `bias_hh`) from a Flax cell's variables.
+_NNX_LSTM_GATES = ("ii", "if_", "ig", "io"), ("hi", "hf", "hg", "ho")
 
+
+def _nnx_tree(cell: nnx.Module) -> dict:
+    """The Linen parameter tree holding the same numbers as an NNX cell."""
+    def value(variable):
+        return np.asarray(variable[...])
+
+    name = type(cell).__name__
+    if name == "LSTMCell":
+        inputs, hiddens = _NNX_LSTM_GATES
+        return {f"i{g}": {"kernel": value(getattr(cell, a).kernel)} for g, a in zip(_LSTM_GATES, inputs)} | {
+            f"h{g}": {"kernel": value(getattr(cell, a).kernel), "bias": value(getattr(cell, a).bias)}
+            for g, a in zip(_LSTM_GATES, hiddens)
+        }
+    w_i, w_h = value(cell.dense_i.kernel), value(cell.dense_h.kernel)
+    if name == "OptimizedLSTMCell":
+        parts = zip(np.split(w_i, 4, 1), np.split(w_h, 4, 1), np.split(value(cell.dense_h.bias), 4))
+        return {k: v for g, (wi, wh, b) in zip(_LSTM_GATES, parts)
+                for k, v in ((f"i{g}", {"kernel": wi}), (f"h{g}", {"kernel": wh, "bias": b}))}
+    if name == "GRUCell":
+        (wr, wz, wn), (hr, hz, hn) = np.split(w_i, 3, 1), np.split(w_h, 3, 1)
+        br, bz, bn = np.split(value(cell.dense_i.bias), 3)
+        return {
+            "ir": {"kernel": wr, "bias": br}, "iz": {"kernel": wz, "bias": bz}, "in": {"kernel": wn, "bias": bn},
+            "hr": {"kernel": hr}, "hz": {"kernel": hz}, "hn": {"kernel": hn, "bias": np.zeros_like(bn)},
+        }
+    return {"i": {"kernel": w_i, "bias": value(cell.dense_i.bias)}, "h": {"kernel": w_h}}
+
+
+def to_nnx_cell(cell: nnx.Module, source, *, prefix: str = "", layer: int = 0, reverse: bool = False):
+    """Fill an NNX cell (`nnx.LSTMCell`, `OptimizedLSTMCell`, `GRUCell`, `SimpleCell`) with
+    torch's weights, in place, and return it. Arguments as `to_flax_cell`.
+
+    >>> import torch, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jaxrnn.convert import to_nnx_cell
+    >>> cell = to_nnx_cell(nnx.OptimizedLSTMCell(3, 5, rngs=nnx.Rngs(0)), torch.nn.LSTMCell(3, 5))
+    >>> (c, h), y = cell((jnp.zeros(5), jnp.zeros(5)), jnp.ones(3))
+    >>> y.shape
+    (5,)
+    """
+    cell_type = type(cell).__name__
+    tree = to_flax_cell(source, cell_type, prefix=prefix, layer=layer, reverse=reverse)["params"]
+    if cell_type == "GRUCell" and np.any(tree["hn"]["bias"] != 0):
+        raise ValueError(
+            "nnx.GRUCell has no bias for W_hn h (torch's b_hn, inside r * (W_hn h + b_hn)), and these "
+            "weights have a non-zero one: use flax.linen.GRUCell or jaxrnn.nnx.GRUCell, which keep it"
+        )
+    expected = _nnx_tree(cell)
+    for gate, leaves in expected.items():
+        for leaf, value in leaves.items():
+            if value.shape != tree[gate][leaf].shape:
+                raise ValueError(
+                    f"{cell_type} {gate}.{leaf} has shape {value.shape}, the torch weights give "
+                    f"{tree[gate][leaf].shape}: build the cell with the checkpoint's sizes"
+                )
+
+    def put(variable, value):
+        variable.set_value(jnp.asarray(value, variable[...].dtype))
+
+    if cell_type == "LSTMCell":
+        for g, a_i, a_h in zip(_LSTM_GATES, *_NNX_LSTM_GATES):
+            put(getattr(cell, a_i).kernel, tree[f"i{g}"]["kernel"])
+            put(getattr(cell, a_h).kernel, tree[f"h{g}"]["kernel"])
+            put(getattr(cell, a_h).bias, tree[f"h{g}"]["bias"])
+    elif cell_type == "SimpleCell":
+        put(cell.dense_i.kernel, tree["i"]["kernel"])
+        put(cell.dense_i.bias, tree["i"]["bias"])
+        put(cell.dense_h.kernel, tree["h"]["kernel"])
+    else:
+        gates = _LSTM_GATES if cell_type == "OptimizedLSTMCell" else "rzn"
+        put(cell.dense_i.kernel, np.concatenate([tree[f"i{g}"]["kernel"] for g in gates], 1))
+        put(cell.dense_h.kernel, np.concatenate([tree[f"h{g}"]["kernel"] for g in gates], 1))
+        if cell_type == "OptimizedLSTMCell":
+            put(cell.dense_h.bias, np.concatenate([tree[f"h{g}"]["bias"] for g in gates]))
+        else:
+            put(cell.dense_i.bias, np.concatenate([tree[f"i{g}"]["bias"] for g in gates]))
+    return cell
+
+
+def from_flax_cell(variables, cell_type: str | None = None) -> dict[str, np.ndarray]:
+    """torch-layout cell params (`weight_ih`, ..., `bias_hh`) from a Flax cell's parameters.
+
+    `variables` is a Linen cell's variables (then `cell_type` names the cell) or an NNX cell.
     The folded biases go to `bias_ih`, `bias_hh` is zero except GRU's `b_hn`: the same
     function as the Flax cell, usable with `jaxrnn.functional` or `to_torch`.
     """
+    if isinstance(variables, nnx.Module):
+        cell_type, tree = type(variables).__name__, _nnx_tree(variables)
+    else:
+        if cell_type is None:
+            raise TypeError("from_flax_cell needs cell_type for Linen variables, e.g. 'GRUCell'")
+        tree = variables.get("params", variables)
     kind = _kind(cell_type)
-    tree = variables.get("params", variables)
     if kind == "lstm":
         gates = [(tree[f"i{g}"]["kernel"], tree[f"h{g}"]["kernel"], tree[f"h{g}"]["bias"], None) for g in _LSTM_GATES]
     elif kind == "gru":
