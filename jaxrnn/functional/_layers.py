@@ -39,10 +39,16 @@ def _layer_weights(spec: RecurrentSpec, params: Params, layer: int):
     def p(name, suffix):
         return params.get(f"{name}_l{layer}{suffix}")
 
-    projections = [(p("weight_ih", s), p("bias_ih", s)) for s in suffixes]
+    # Where the gates add the two projections (RNN, LSTM), b_hh joins b_ih outside the loop:
+    # one add less per step. GRU's reset gate multiplies W_hn h + b_hn, so it stays inside.
+    fold = spec.bias and spec.kind != "gru"
+    projections = [
+        (p("weight_ih", s), p("bias_ih", s) + p("bias_hh", s) if fold else p("bias_ih", s))
+        for s in suffixes
+    ]
     loop_weights = LoopWeights(
         whh=jnp.stack([p("weight_hh", s).T for s in suffixes]),
-        bhh=None if not spec.bias else jnp.stack([p("bias_hh", s)[None] for s in suffixes]),
+        bhh=None if not spec.bias or fold else jnp.stack([p("bias_hh", s)[None] for s in suffixes]),
         whr=None if not spec.proj_size else jnp.stack([p("weight_hr", s).T for s in suffixes]),
     )
     return projections, loop_weights
