@@ -32,26 +32,24 @@ def _dropout(x, rate: float, key: jax.Array):
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
-def _layer_weights(spec: RecurrentSpec, params: Params, layer: int):
-    """Per direction `(W_ih, b_ih)` for the input projection, and the loop's weights."""
+def _layer_weights(spec: RecurrentSpec, params: Params, layer: int) -> LoopWeights:
+    """One layer's weights, directions stacked and pre-transposed for the loop."""
     suffixes = ("", "_reverse")[: spec.num_directions]
 
-    def p(name, suffix):
-        return params.get(f"{name}_l{layer}{suffix}")
+    def stack(name, transpose=False):
+        arrays = [params[f"{name}_l{layer}{s}"] for s in suffixes]
+        return jnp.stack([a.T for a in arrays] if transpose else [a[None] for a in arrays])
 
     # Where the gates add the two projections (RNN, LSTM), b_hh joins b_ih outside the loop:
     # one add less per step. GRU's reset gate multiplies W_hn h + b_hn, so it stays inside.
     fold = spec.bias and spec.kind != "gru"
-    projections = [
-        (p("weight_ih", s), p("bias_ih", s) + p("bias_hh", s) if fold else p("bias_ih", s))
-        for s in suffixes
-    ]
-    loop_weights = LoopWeights(
-        whh=jnp.stack([p("weight_hh", s).T for s in suffixes]),
-        bhh=None if not spec.bias or fold else jnp.stack([p("bias_hh", s)[None] for s in suffixes]),
-        whr=None if not spec.proj_size else jnp.stack([p("weight_hr", s).T for s in suffixes]),
+    return LoopWeights(
+        whh=stack("weight_hh", transpose=True),
+        bhh=stack("bias_hh") if spec.bias and not fold else None,
+        whr=stack("weight_hr", transpose=True) if spec.proj_size else None,
+        wih=stack("weight_ih", transpose=True),
+        bih=(stack("bias_ih") + stack("bias_hh") if fold else stack("bias_ih")) if spec.bias else None,
     )
-    return projections, loop_weights
 
 
 def _chunked(run, state0, inputs, chunk: int, T: int):
@@ -130,15 +128,11 @@ def run_layer(
     D = spec.num_directions
     finals = []
     for layer in range(spec.num_layers):
-        projections, loop_weights = _layer_weights(spec, params, layer)
+        weights = _layer_weights(spec, params, layer)
 
-        def run(state, inputs, projections=projections, loop_weights=loop_weights):
+        def run(state, inputs, weights=weights):
             x_fwd, x_rev, mask = inputs
-            xp = []
-            for x_dir, (w_ih, b_ih) in zip((x_fwd, x_rev), projections):
-                proj = jnp.einsum("tbi,gi->tbg", x_dir, w_ih, precision=precision)
-                xp.append(proj if b_ih is None else proj + b_ih)
-            return loop(loop_weights, jnp.stack(xp, 1), state, mask)
+            return loop(weights, jnp.stack([x_fwd, x_rev][:D], 1), state, mask)
 
         inputs = (x, reverse_sequences(x, lengths) if D == 2 else x, mask)
         layer_state0 = tuple(s[layer * D : (layer + 1) * D] for s in state0)

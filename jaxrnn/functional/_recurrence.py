@@ -2,14 +2,21 @@
 
 Shapes, with D directions stacked on a leading axis (the reverse direction's inputs are already
 reversed in time, per sequence):
-    xp     (T, D, B, G*H)   input projections, computed outside the loop in one matmul
+    xs     (T, D, B, I)     the layer's inputs
     state  tuple of (D, B, H_out) [and (D, B, H) for LSTM's c]
     mask   (T, 1, B, 1) bool, or None: step t of sequence b is valid
     ys     (T, D, B, H_out) zero where the mask is False
 
+Where the input projection `x @ W_ih^T + b_ih` runs is chosen by measurement (2-core CPU,
+interleaved medians): when gradients are taken, it is hoisted out of the loop as one large
+matmul (the backward needs all of it anyway); a forward-only LSTM or GRU projects inside each
+step instead, which ran up to 1.5x faster at small batch (and never slower by more than noise),
+while an RNN's single gate ran up to 1.9x slower that way, so RNNs always hoist.
+
 The backward pass is a custom VJP: the reverse loop carries only the state gradients (one
-matmul per step), and the weight gradients are single large matmuls over all time steps
-afterwards, instead of one small accumulation per step as autodiff through `scan` does.
+matmul per step), and the weight gradients (W_ih and dx included) are single large matmuls
+over all time steps afterwards, instead of one small accumulation per step as autodiff through
+`scan` does.
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ from ._math import cell_math
 
 
 class LoopWeights(NamedTuple):
-    """Recurrent weights of one layer, directions stacked and pre-transposed for the loop."""
+    """Weights of one layer, directions stacked and pre-transposed for the loop."""
 
     whh: jax.Array  # (D, H_out, G*H)
     bhh: jax.Array | None  # (D, 1, G*H)
     whr: jax.Array | None  # (D, H, P)
+    wih: jax.Array  # (D, I, G*H)
+    bih: jax.Array | None  # (D, 1, G*H)
 
 
 def _per_direction(spec, a, w, precision):
@@ -42,18 +51,28 @@ def _where_valid(mask, new, old):
     return new if mask is None else jnp.where(mask, new, old)
 
 
-def _forward(math_key, unroll, precision, w, xp, state0, mask, *, keep_residuals):
+def _forward(math_key, unroll, precision, w, xs, state0, mask, *, keep_residuals, hoist=True):
     math = cell_math(*math_key)
 
     def matmul(spec, a, w):
         return _per_direction(spec, a, w, precision)
 
+    projection = w.wih, w.bih
+    if hoist:  # one large matmul per direction; the loop then reads the projections
+        xp = jnp.stack([jnp.matmul(xs[:, d], w.wih[d], precision=precision) for d in range(xs.shape[1])], 1)
+        xs = xp if w.bih is None else xp + w.bih
+        projection = None, None
+
     def step(carry, inputs):
         # x_t arrives through the carry, prefetched one step ahead: slicing the hoisted
         # projections inside the step makes XLA:CPU fuse the slice into the gate math,
         # which then runs several times slower (the hoisting trap).
-        state, xp_t = carry
-        xp_next, mask_t = inputs
+        state, x_t = carry
+        x_next, mask_t = inputs
+        xp_t = x_t
+        if projection[0] is not None:
+            xp_t = matmul("dbi,dig->dbg", x_t, projection[0])
+            xp_t = xp_t if projection[1] is None else xp_t + projection[1]
         hh = matmul("dbh,dhg->dbg", state[0], w.whh)
         if w.bhh is not None:
             hh = hh + w.bhh
@@ -63,26 +82,27 @@ def _forward(math_key, unroll, precision, w, xp, state0, mask, *, keep_residuals
         new_state = tuple(_where_valid(mask_t, n, o) for n, o in zip((h, *rest), state))
         y = _where_valid(mask_t, h, 0)
         residuals = (state, pre, h_raw if w.whr is not None else None) if keep_residuals else None
-        return (new_state, xp_next), (y, residuals)
+        return (new_state, x_next), (y, residuals)
 
-    xp_next = jnp.concatenate([xp[1:], jnp.zeros_like(xp[:1])])
-    (state, _), (ys, residuals) = jax.lax.scan(step, (state0, xp[0]), (xp_next, mask), unroll=unroll)
+    x_next = jnp.concatenate([xs[1:], jnp.zeros_like(xs[:1])])
+    (state, _), (ys, residuals) = jax.lax.scan(step, (state0, xs[0]), (x_next, mask), unroll=unroll)
     return (ys, state), residuals
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def recurrence(math_key, unroll, precision, w: LoopWeights, xp, state0, mask):
+def recurrence(math_key, unroll, precision, w: LoopWeights, xs, state0, mask):
     """Run one layer's loop; returns `(ys, final_state)`. See the module docstring for shapes."""
-    return _forward(math_key, unroll, precision, w, xp, state0, mask, keep_residuals=False)[0]
+    hoist = math_key[0] == "rnn"
+    return _forward(math_key, unroll, precision, w, xs, state0, mask, keep_residuals=False, hoist=hoist)[0]
 
 
-def _recurrence_fwd(math_key, unroll, precision, w, xp, state0, mask):
-    out, residuals = _forward(math_key, unroll, precision, w, xp, state0, mask, keep_residuals=True)
-    return out, (w, mask, residuals)
+def _recurrence_fwd(math_key, unroll, precision, w, xs, state0, mask):
+    out, residuals = _forward(math_key, unroll, precision, w, xs, state0, mask, keep_residuals=True)
+    return out, (w, mask, residuals, xs)
 
 
 def _recurrence_bwd(math_key, unroll, precision, saved, cotangents):
-    w, mask, (states_prev, pres, h_raws) = saved
+    w, mask, (states_prev, pres, h_raws), xs = saved
     d_ys, d_final = cotangents
     math = cell_math(*math_key)
 
@@ -113,13 +133,15 @@ def _recurrence_bwd(math_key, unroll, precision, saved, cotangents):
         whh=over_time("tdbh,tdbg->dhg", states_prev[0], d_hh),
         bhh=None if w.bhh is None else d_hh.sum((0, 2))[:, None],
         whr=None if w.whr is None else over_time("tdbk,tdbp->dkp", h_raws, d_h),
+        wih=over_time("tdbi,tdbg->dig", xs, d_xp),
+        bih=None if w.bih is None else d_xp.sum((0, 2))[:, None],
     )
-    return d_w, d_xp, d_state0, None
+    return d_w, over_time("tdbg,dig->tdbi", d_xp, w.wih), d_state0, None
 
 
 recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
-def recurrence_autodiff(math_key, unroll, precision, w, xp, state0, mask):
+def recurrence_autodiff(math_key, unroll, precision, w, xs, state0, mask):
     """`recurrence` differentiated by JAX's autodiff through `scan` (supports forward mode)."""
-    return _forward(math_key, unroll, precision, w, xp, state0, mask, keep_residuals=False)[0]
+    return _forward(math_key, unroll, precision, w, xs, state0, mask, keep_residuals=False)[0]
