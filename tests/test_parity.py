@@ -153,3 +153,15 @@ def test_long_sequence_float32_error_is_torchs(rng):
     torch_err = np.abs(torch32 - ref).max()
     our_err = np.abs(np.asarray(ours, np.float64) - ref).max()
     assert our_err < max(4 * torch_err, 1e-6), (our_err, torch_err)
+
+
+@pytest.mark.parametrize("kind", ["rnn_tanh", "lstm", "gru"])
+@pytest.mark.parametrize("backward", ["fused", "autodiff"])
+def test_wide_steps_match_torch(kind, backward, rng):
+    """Steps with 1024+ input elements take the loop's prefetching path (tiny ones do not)."""
+    row = dict(
+        kind=kind, num_layers=2, bidirectional=True, bias=True, batch_first=False, proj=False,
+        unbatched=False, h0=True, seq_lengths=True, dtype="float64", backward=backward, frontend="functional",
+    )
+    lengths = rng.integers(1, 5, 32)
+    check_layer_against_torch(row, rng, T=4, B=32, INPUT=32, HIDDEN=32, LENGTHS=lengths)
