@@ -51,17 +51,35 @@ def cases(quick: bool):
     return rows
 
 
-def median_ms(run, repeats: int) -> tuple[float, float]:
+def _seconds(run) -> float:
     start = time.perf_counter()
     run()
-    first = time.perf_counter() - start
-    times = []
+    return time.perf_counter() - start
+
+
+def interleaved_medians(runs: dict, repeats: int) -> dict[str, float]:
+    """Median ms of each run, and its compile (first call) time in s.
+
+    The repeats go round-robin over the peers, so that a slow spell of a shared machine
+    falls on every peer alike instead of on whichever was being timed.
+    """
+    first = {name: _seconds(run) for name, run in runs.items()}
+    times = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    median = float(np.median(times))
-    return median * 1e3, max(first - median, 0.0)
+        for name, run in runs.items():
+            times[name].append(_seconds(run))
+    result = {}
+    for name in runs:
+        median = float(np.median(times[name]))
+        result[name], result[f"{name}_compile"] = median * 1e3, max(first[name] - median, 0.0)
+    return result
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    ms = interleaved_medians({"matmul": lambda: f(a).block_until_ready()}, repeats)["matmul"]
+    return 2 * n**3 / (ms * 1e-3) / 1e9
 
 
 def flops(kind, mode, B, T, H, num_layers, bidirectional) -> float:
@@ -74,13 +92,6 @@ def flops(kind, mode, B, T, H, num_layers, bidirectional) -> float:
     return total * (3 if mode == "fwd+bwd" else 1)
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
-    ms, _ = median_ms(lambda: f(a).block_until_ready(), repeats)
-    return 2 * n**3 / (ms * 1e-3) / 1e9
-
-
 def measure(row, repeats: int, rng) -> dict:
     kind, mode, B, T, H, num_layers, bidirectional, varlen = row
     torch_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
@@ -90,11 +101,11 @@ def measure(row, repeats: int, rng) -> dict:
     if varlen:
         lengths[0] = T
     backward = mode == "fwd+bwd"
-    result = {}
-    for name, builder in PEERS.items():
-        extra = {"kind": kind} if name in ("flax", "equinox") else {}
-        run = builder(module, x, lengths, backward, **extra)
-        result[name], result[f"{name}_compile"] = median_ms(run, repeats)
+    runs = {
+        name: builder(module, x, lengths, backward, **({"kind": kind} if name in ("flax", "equinox") else {}))
+        for name, builder in PEERS.items()
+    }
+    result = interleaved_medians(runs, repeats)
     result["gflops"] = flops(kind, mode, B, T, H, num_layers, bidirectional) / (result["jaxrnn"] * 1e-3) / 1e9
     return result
 
@@ -109,13 +120,14 @@ def geomean(values) -> float:
     return float(np.exp(np.mean(np.log(values))))
 
 
-def write_results(rows, results, peak, path_md, path_png, quick):
+def write_results(rows, results, peak, path_md, path_png, quick, repeats):
     peers = [p for p in PEERS if p != "jaxrnn"]
     lines = [
         "# Benchmark results",
         "",
         f"CPU, {THREADS} threads for every peer (XLA intra-op threads, `torch.set_num_threads`); "
-        f"float32; jax {jax.__version__}, torch {torch.__version__}; medians after a warm-up. "
+        f"float32; jax {jax.__version__}, torch {torch.__version__}; medians of {repeats} repeats after a "
+        "warm-up, taken round-robin over the peers. "
         f"Ratio = jaxrnn time / peer time (< 1: jaxrnn is faster). Large-matmul peak on this machine: "
         f"{peak:.0f} GFLOP/s. Produced by `python benchmarks/run.py{' --quick' if quick else ''}`.",
         "",
@@ -161,7 +173,7 @@ def write_results(rows, results, peak, path_md, path_png, quick):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for CI")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--only", default="", help="run rows whose label contains this text")
     parser.add_argument("--out", default=HERE, help="folder for RESULTS.md and results.png")
     args = parser.parse_args()
@@ -182,6 +194,7 @@ def main():
     write_results(
         rows, results, peak, os.path.join(args.out, "RESULTS.md"), os.path.join(args.out, "results.png"),
         args.quick,
+        args.repeats,
     )
 
 
