@@ -57,17 +57,20 @@ def _seconds(run) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_medians(runs: dict, repeats: int) -> dict[str, float]:
+def interleaved_medians(runs: dict, repeats: int, block: int = 3) -> dict[str, float]:
     """Median ms of each run, and its compile (first call) time in s.
 
-    The repeats go round-robin over the peers, so that a slow spell of a shared machine
-    falls on every peer alike instead of on whichever was being timed.
+    Peers take turns in blocks of `block` timed calls, each block after one untimed call: the
+    turns spread a slow spell of a shared machine over every peer, and the untimed call lets
+    each peer reach its steady state (torch's OpenMP workers, for one, keep spinning for a
+    while after a call, which would be charged to whichever peer came next).
     """
     first = {name: _seconds(run) for name, run in runs.items()}
     times = {name: [] for name in runs}
-    for _ in range(repeats):
+    for _ in range(-(-repeats // block)):
         for name, run in runs.items():
-            times[name].append(_seconds(run))
+            run()
+            times[name] += [_seconds(run) for _ in range(block)]
     result = {}
     for name in runs:
         median = float(np.median(times[name]))
@@ -126,8 +129,8 @@ def write_results(rows, results, peak, path_md, path_png, quick, repeats):
         "# Benchmark results",
         "",
         f"CPU, {THREADS} threads for every peer (XLA intra-op threads, `torch.set_num_threads`); "
-        f"float32; jax {jax.__version__}, torch {torch.__version__}; medians of {repeats} repeats after a "
-        "warm-up, taken round-robin over the peers. "
+        f"float32; jax {jax.__version__}, torch {torch.__version__}; medians of {repeats} or more calls, "
+        "timed in turns of 3 per peer, each turn after one untimed call. "
         f"Ratio = jaxrnn time / peer time (< 1: jaxrnn is faster). Large-matmul peak on this machine: "
         f"{peak:.0f} GFLOP/s. Produced by `python benchmarks/run.py{' --quick' if quick else ''}`.",
         "",

@@ -142,16 +142,23 @@ def _recurrence_bwd(math_key, unroll, precision, saved, cotangents):
     d_state0, (d_xp, d_hh, d_h) = jax.lax.scan(
         step, d_final, (d_ys, states_prev, pres, h_raws, mask), reverse=True, unroll=unroll
     )
-    # The weight gradients: one large matmul over all time steps each.
-    over_time = functools.partial(jnp.einsum, precision=precision)
+    # The weight gradients: one large matmul over all time steps each, per direction on
+    # (T * B, features) slabs so that no operand needs a transpose first.
+    def over_time(a, b):  # (T, D, B, m), (T, D, B, n) -> (D, m, n)
+        return jnp.stack(
+            [jnp.matmul(a[:, d].reshape(-1, a.shape[-1]).T, b[:, d].reshape(-1, b.shape[-1]), precision=precision)
+             for d in range(a.shape[1])]
+        )
+
+    d_xs = jnp.stack([jnp.matmul(d_xp[:, d], w.wih[d].T, precision=precision) for d in range(d_xp.shape[1])], 1)
     d_w = LoopWeights(
-        whh=over_time("tdbh,tdbg->dhg", states_prev[0], d_hh),
+        whh=over_time(states_prev[0], d_hh),
         bhh=None if w.bhh is None else d_hh.sum((0, 2))[:, None],
-        whr=None if w.whr is None else over_time("tdbk,tdbp->dkp", h_raws, d_h),
-        wih=over_time("tdbi,tdbg->dig", xs, d_xp),
+        whr=None if w.whr is None else over_time(h_raws, d_h),
+        wih=over_time(xs, d_xp),
         bih=None if w.bih is None else d_xp.sum((0, 2))[:, None],
     )
-    return d_w, over_time("tdbg,dig->tdbi", d_xp, w.wih), d_state0, None
+    return d_w, d_xs, d_state0, None
 
 
 recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
