@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from .functional._cells import run_cell
-from .functional._layers import run_layer
+from .functional._checks import check_dropout
+from .functional._layers import LAYER_OPTIONS, run_layer
 from .functional._spec import RecurrentSpec
 
 
@@ -74,8 +75,7 @@ class _Layer(_Recurrent):
         )
 
     def __post_init__(self):
-        if not 0.0 <= self.dropout <= 1.0:
-            raise ValueError(f"dropout must be a probability in [0, 1], got {self.dropout}")
+        check_dropout(self.dropout)
         super().__post_init__()
 
     @nn.compact
@@ -93,14 +93,8 @@ class _Layer(_Recurrent):
             x,
             hx,
             seq_lengths=seq_lengths,
-            batch_first=self.batch_first,
-            dropout=self.dropout,
             dropout_key=self.make_rng("dropout") if active else None,
-            dtype=self.dtype,
-            precision=self.precision,
-            unroll=self.unroll,
-            fused_backward=self.fused_backward,
-            remat=self.remat,
+            **{name: getattr(self, name) for name in LAYER_OPTIONS},
         )
 
 

@@ -16,7 +16,8 @@ from flax import nnx
 
 from .convert import _torch as converter
 from .functional._cells import run_cell
-from .functional._layers import run_layer
+from .functional._checks import check_dropout
+from .functional._layers import LAYER_OPTIONS, run_layer
 from .functional._spec import RecurrentSpec
 
 
@@ -62,8 +63,7 @@ class _Layer(_Recurrent):
         self, spec, batch_first, dropout, *, dtype, param_dtype, precision, unroll,
         fused_backward, remat, rngs,
     ):
-        if not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"dropout must be a probability in [0, 1], got {dropout}")
+        check_dropout(dropout)
         super().__init__(spec, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
         self.batch_first, self.dropout = batch_first, dropout
         self.unroll, self.fused_backward, self.remat = unroll, fused_backward, remat
@@ -79,14 +79,8 @@ class _Layer(_Recurrent):
             x,
             hx,
             seq_lengths=seq_lengths,
-            batch_first=self.batch_first,
-            dropout=self.dropout,
             dropout_key=self.rngs() if active else None,
-            dtype=self.dtype,
-            precision=self.precision,
-            unroll=self.unroll,
-            fused_backward=self.fused_backward,
-            remat=self.remat,
+            **{name: getattr(self, name) for name in LAYER_OPTIONS},
         )
 
 

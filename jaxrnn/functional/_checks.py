@@ -70,3 +70,8 @@ def check_lengths(seq_lengths, T: int, batch_shape: tuple[int, ...]) -> jax.Arra
             raise ValueError(f"seq_lengths must lie in [1, T={T}], got values in [{low}, {high}]")
     # Under jit the values cannot be checked: clipping keeps every index in range.
     return jnp.clip(jnp.asarray(seq_lengths).reshape(-1), 0, T)
+
+
+def check_dropout(dropout: float) -> None:
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout must be a probability in [0, 1], got {dropout}")

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_hx, check_lengths, check_x
+from ._checks import check_dropout, check_hx, check_lengths, check_x
 from ._math import LSTMState
 from ._recurrence import LoopWeights, recurrence, recurrence_autodiff
 from ._spec import RecurrentSpec
@@ -30,6 +30,10 @@ def _dropout(x, rate: float, key: jax.Array):
         return jnp.zeros_like(x)
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+# The options of `run_layer` that the Linen and NNX layers hold as attributes of the same names.
+LAYER_OPTIONS = ("batch_first", "dropout", "dtype", "precision", "unroll", "fused_backward", "remat")
 
 
 def _layer_weights(spec: RecurrentSpec, params: Params, layer: int) -> LoopWeights:
@@ -92,8 +96,7 @@ def run_layer(
     fused_backward: bool,
     remat: bool | int,
 ):
-    if not 0.0 <= dropout <= 1.0:
-        raise ValueError(f"dropout must be a probability in [0, 1], got {dropout}")
+    check_dropout(dropout)
     if isinstance(remat, bool) or remat is None:
         chunk = None
     elif isinstance(remat, int) and remat >= 1:
