@@ -62,17 +62,14 @@ def _forward(math_key, unroll, precision, w, xs, state0, mask, *, keep_residuals
     def matmul(spec, a, w):
         return _per_direction(spec, a, w, precision)
 
-    projection = w.wih, w.bih
     if hoist:  # one large matmul per direction; the loop then reads the projections
-        xp = jnp.stack([jnp.matmul(xs[:, d], w.wih[d], precision=precision) for d in range(xs.shape[1])], 1)
-        xs = xp if w.bih is None else xp + w.bih
-        projection = None, None
+        xs = jnp.stack([jnp.matmul(xs[:, d], w.wih[d], precision=precision) for d in range(xs.shape[1])], 1)
 
     def step(state, x_t, mask_t):
-        xp_t = x_t
-        if projection[0] is not None:
-            xp_t = matmul("dbi,dig->dbg", x_t, projection[0])
-            xp_t = xp_t if projection[1] is None else xp_t + projection[1]
+        xp_t = x_t if hoist else matmul("dbi,dig->dbg", x_t, w.wih)
+        # The bias joins inside the step, where it fuses into the gate math; added to the
+        # hoisted projections it would cost one more (T, D, B, G*H) buffer.
+        xp_t = xp_t if w.bih is None else xp_t + w.bih
         hh = matmul("dbh,dhg->dbg", state[0], w.whh)
         if w.bhh is not None:
             hh = hh + w.bhh
@@ -93,14 +90,20 @@ def _forward(math_key, unroll, precision, w, xs, state0, mask, *, keep_residuals
     # x_t arrives through the carry, prefetched one step ahead: slicing the hoisted
     # projections inside the step makes XLA:CPU fuse the slice into the gate math, which then
     # runs several times slower (the hoisting trap). For tiny steps the extra copy costs more.
+    # The next slice is read by index, not from a shifted copy of `xs`: a copy that size would
+    # add to the temporary memory that each call faults in afresh.
+    last = xs.shape[0] - 1
+
     def prefetched(carry, inputs):
         state, x_t = carry
-        x_next, mask_t = inputs
+        t, mask_t = inputs
+        x_next = jax.lax.dynamic_index_in_dim(xs, jnp.minimum(t + 1, last), keepdims=False)
         new_state, outputs = step(state, x_t, mask_t)
         return (new_state, x_next), outputs
 
-    x_next = jnp.concatenate([xs[1:], jnp.zeros_like(xs[:1])])
-    (state, _), (ys, residuals) = jax.lax.scan(prefetched, (state0, xs[0]), (x_next, mask), unroll=unroll)
+    (state, _), (ys, residuals) = jax.lax.scan(
+        prefetched, (state0, xs[0]), (jnp.arange(last + 1), mask), unroll=unroll
+    )
     return (ys, state), residuals
 
 
@@ -137,11 +140,13 @@ def _recurrence_bwd(math_key, unroll, precision, saved, cotangents):
         d_prev = (d_prev[0] + matmul("dbg,dhg->dbh", d_hh, w.whh), *d_prev[1:])
         if mask_t is not None:
             d_prev = tuple(a + b for a, b in zip(d_prev, passed))
-        return d_prev, (d_xp, d_hh, d_new[0] if w.whr is not None else None)
+        # Where both projections get the same gradient (RNN, LSTM), stack it once.
+        return d_prev, (d_xp, None if d_hh is d_xp else d_hh, d_new[0] if w.whr is not None else None)
 
     d_state0, (d_xp, d_hh, d_h) = jax.lax.scan(
         step, d_final, (d_ys, states_prev, pres, h_raws, mask), reverse=True, unroll=unroll
     )
+    d_hh = d_xp if d_hh is None else d_hh
     # The weight gradients: one large matmul over all time steps each, per direction on
     # (T * B, features) slabs so that no operand needs a transpose first.
     def over_time(a, b):  # (T, D, B, m), (T, D, B, n) -> (D, m, n)
