@@ -1,7 +1,8 @@
 """Flax Linen modules with torch's constructor signatures, thin wrappers over `jaxrnn.functional`.
 
 `variables["params"]` holds exactly torch's `state_dict()` keys and shapes; the keyword-only
-fields (`dtype`, `param_dtype`, `precision`, `unroll`, `fused_backward`) are the JAX-side knobs.
+fields (`dtype`, `param_dtype`, `precision`, `unroll`, `fused_backward`, `remat`, `implementation`)
+are the JAX-side knobs.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class _Layer(_Recurrent):
     unroll: int = 1
     fused_backward: bool = True
     remat: bool | int = False
+    implementation: str | None = None
 
     @property
     def spec(self) -> RecurrentSpec:
@@ -131,6 +133,9 @@ _LAYER_ARGS = """
         differentiates through `scan` and supports forward-mode autodiff.
       remat: gradient checkpointing over time chunks for long sequences (keyword-only): True
         for chunks of ~sqrt(T) steps, an int for that chunk length.
+      implementation: how the time loop runs (keyword-only): None/"xla" (`lax.scan`, every
+        device), "pallas" (a fused kernel per layer for GPU/TPU), "cudnn" (LSTM on CUDA GPUs);
+        see `jaxrnn.functional.lstm`.
 
     Call: `module.apply(variables, x, hx=None, *, seq_lengths=None, deterministic=True)` with
     `x` `(T, B, input_size)` (batch_first: `(B, T, input_size)`, unbatched: `(T, input_size)`)

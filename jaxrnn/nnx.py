@@ -61,12 +61,13 @@ class _Recurrent(nnx.Module):
 class _Layer(_Recurrent):
     def __init__(
         self, spec, batch_first, dropout, *, dtype, param_dtype, precision, unroll,
-        fused_backward, remat, rngs,
+        fused_backward, remat, implementation, rngs,
     ):
         check_dropout(dropout)
         super().__init__(spec, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
         self.batch_first, self.dropout = batch_first, dropout
         self.unroll, self.fused_backward, self.remat = unroll, fused_backward, remat
+        self.implementation = implementation
         self.deterministic = False
         self.rngs = rngs["dropout"].fork() if dropout > 0 and spec.num_layers > 1 else None
 
@@ -109,14 +110,15 @@ class RNN(_Layer):
         bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
         bidirectional: bool = False, *, dtype: Any = None, param_dtype: Any = jnp.float32,
         precision: Any = None, unroll: int = 1, fused_backward: bool = True,
-        remat: bool | int = False, rngs: nnx.Rngs,
+        remat: bool | int = False, implementation: str | None = None, rngs: nnx.Rngs,
     ):
         spec = RecurrentSpec(
             "rnn", input_size, hidden_size, num_layers, bias, bidirectional, nonlinearity=nonlinearity
         )
         super().__init__(
             spec, batch_first, dropout, dtype=dtype, param_dtype=param_dtype, precision=precision,
-            unroll=unroll, fused_backward=fused_backward, remat=remat, rngs=rngs,
+            unroll=unroll, fused_backward=fused_backward, remat=remat, implementation=implementation,
+            rngs=rngs,
         )
 
 
@@ -139,14 +141,15 @@ class LSTM(_Layer):
         batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
         proj_size: int = 0, *, dtype: Any = None, param_dtype: Any = jnp.float32,
         precision: Any = None, unroll: int = 1, fused_backward: bool = True,
-        remat: bool | int = False, rngs: nnx.Rngs,
+        remat: bool | int = False, implementation: str | None = None, rngs: nnx.Rngs,
     ):
         spec = RecurrentSpec(
             "lstm", input_size, hidden_size, num_layers, bias, bidirectional, proj_size
         )
         super().__init__(
             spec, batch_first, dropout, dtype=dtype, param_dtype=param_dtype, precision=precision,
-            unroll=unroll, fused_backward=fused_backward, remat=remat, rngs=rngs,
+            unroll=unroll, fused_backward=fused_backward, remat=remat, implementation=implementation,
+            rngs=rngs,
         )
 
 
@@ -168,12 +171,14 @@ class GRU(_Layer):
         self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
         batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
         dtype: Any = None, param_dtype: Any = jnp.float32, precision: Any = None,
-        unroll: int = 1, fused_backward: bool = True, remat: bool | int = False, rngs: nnx.Rngs,
+        unroll: int = 1, fused_backward: bool = True, remat: bool | int = False,
+        implementation: str | None = None, rngs: nnx.Rngs,
     ):
         spec = RecurrentSpec("gru", input_size, hidden_size, num_layers, bias, bidirectional)
         super().__init__(
             spec, batch_first, dropout, dtype=dtype, param_dtype=param_dtype, precision=precision,
-            unroll=unroll, fused_backward=fused_backward, remat=remat, rngs=rngs,
+            unroll=unroll, fused_backward=fused_backward, remat=remat, implementation=implementation,
+            rngs=rngs,
         )
 
 

@@ -52,8 +52,9 @@ def test_layer_matches_torch(row, rng):
     check_layer_against_torch(row, rng)
 
 
-def check_layer_against_torch(row, rng, T=T, B=B, INPUT=INPUT, HIDDEN=HIDDEN, LENGTHS=LENGTHS):
-    """Compare one configuration `row` (see matrix.OPTIONS) with torch at the given sizes."""
+def check_layer_against_torch(row, rng, T=T, B=B, INPUT=INPUT, HIDDEN=HIDDEN, LENGTHS=LENGTHS, **knobs):
+    """Compare one configuration `row` (see matrix.OPTIONS) with torch at the given sizes;
+    `knobs` go to the layer as keyword arguments."""
     spec, dtype = spec_of(row, INPUT, HIDDEN), np.dtype(row["dtype"])
     module = torch_module(spec, batch_first=row["batch_first"], dtype=dtype)
     params = numpy_state_dict(module)
@@ -71,7 +72,7 @@ def check_layer_against_torch(row, rng, T=T, B=B, INPUT=INPUT, HIDDEN=HIDDEN, LE
     expected, expected_grads = run_torch(module, x, hx, seq_lengths, row["batch_first"], weights)
 
     backward = {"fused": {}, "autodiff": {"fused_backward": False}, "remat": {"remat": 2}}[row["backward"]]
-    fn = layer_fn(row["frontend"], spec, batch_first=row["batch_first"], **backward)
+    fn = layer_fn(row["frontend"], spec, batch_first=row["batch_first"], **backward, **knobs)
     jax_hx = hx if hx is None or spec.kind == "lstm" else hx[0]
     (_, outputs), (d_params, d_x, d_hx) = loss_and_grads(fn, params, x, jax_hx, seq_lengths, weights)
 

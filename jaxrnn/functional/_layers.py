@@ -8,8 +8,10 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
+from . import _cudnn
 from ._checks import check_dropout, check_hx, check_lengths, check_x
 from ._math import LSTMState
+from ._pallas import recurrence_pallas
 from ._recurrence import LoopWeights, recurrence, recurrence_autodiff
 from ._spec import RecurrentSpec
 
@@ -33,7 +35,8 @@ def _dropout(x, rate: float, key: jax.Array):
 
 
 # The options of `run_layer` that the Linen and NNX layers hold as attributes of the same names.
-LAYER_OPTIONS = ("batch_first", "dropout", "dtype", "precision", "unroll", "fused_backward", "remat")
+LAYER_OPTIONS = ("batch_first", "dropout", "dtype", "precision", "unroll", "fused_backward", "remat", "implementation")
+IMPLEMENTATIONS = (None, "xla", "pallas", "cudnn")
 
 
 def _layer_weights(spec: RecurrentSpec, params: Params, layer: int) -> LoopWeights:
@@ -95,8 +98,15 @@ def run_layer(
     unroll: int,
     fused_backward: bool,
     remat: bool | int,
+    implementation: str | None,
 ):
     check_dropout(dropout)
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation in ("pallas", "cudnn") and not fused_backward:
+        raise ValueError(
+            f"implementation={implementation!r} has its own backward pass; fused_backward=False needs 'xla'"
+        )
     if isinstance(remat, bool) or remat is None:
         chunk = None
     elif isinstance(remat, int) and remat >= 1:
@@ -122,12 +132,30 @@ def run_layer(
         # the gradients through the masked steps (0 * NaN).
         x = jnp.where(valid[..., None], x, 0)
     params = {k: jnp.asarray(v, dtype) for k, v in params.items()}
-    loop = functools.partial(
-        recurrence if fused_backward else recurrence_autodiff,
-        (spec.kind, spec.nonlinearity),
-        unroll,
-        precision,
-    )
+    if implementation == "cudnn":
+        if chunk is not None:
+            raise ValueError("implementation='cudnn' keeps its own residuals; remat needs 'xla' or 'pallas'")
+        _cudnn.check_supported(spec, dtype, dropout_key is not None and dropout > 0 and spec.num_layers > 1)
+        x, state = _cudnn.run_stack(spec, params, x, state0, lengths, precision, _cudnn.lstm_kernel())
+    else:
+        fused = recurrence_pallas if implementation == "pallas" else recurrence
+        loop = functools.partial(
+            fused if fused_backward else recurrence_autodiff,
+            (spec.kind, spec.nonlinearity),
+            unroll,
+            precision,
+        )
+        x, state = _run_layers(spec, params, x, state0, lengths, mask, loop, chunk, dropout, dropout_key)
+    if not batched:
+        x, state = x[:, 0], tuple(s[:, 0] for s in state)
+    elif batch_first:
+        x = jnp.swapaxes(x, 0, 1)
+    return x, (LSTMState(*state) if spec.kind == "lstm" else state[0])
+
+
+def _run_layers(spec, params, x, state0, lengths, mask, loop, chunk, dropout, dropout_key):
+    """The layers one after another on time-major `x`, each one `loop` for both directions."""
+    T = x.shape[0]
     D = spec.num_directions
     finals = []
     for layer in range(spec.num_layers):
@@ -148,12 +176,7 @@ def run_layer(
         if dropout_key is not None and dropout > 0 and layer < spec.num_layers - 1:
             x = _dropout(x, dropout, jax.random.fold_in(dropout_key, layer))
         finals.append(final)
-    state = tuple(jnp.concatenate(parts, 0) for parts in zip(*finals))
-    if not batched:
-        x, state = x[:, 0], tuple(s[:, 0] for s in state)
-    elif batch_first:
-        x = jnp.swapaxes(x, 0, 1)
-    return x, (LSTMState(*state) if spec.kind == "lstm" else state[0])
+    return x, tuple(jnp.concatenate(parts, 0) for parts in zip(*finals))
 
 
 _LAYER_DOC = """
@@ -206,6 +229,7 @@ _DEFAULTS = dict(
     unroll=1,
     fused_backward=True,
     remat=False,
+    implementation=None,
 )
 
 

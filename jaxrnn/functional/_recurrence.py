@@ -44,6 +44,8 @@ def _per_direction(spec, a, w, precision):
     """`einsum(spec, a, w)` with the leading direction axis looped over: XLA:CPU runs a plain
     matmul several times faster than the same matmul as a batched dot."""
     matmul = functools.partial(jnp.einsum, spec.replace("d", ""), precision=precision)
+    if a.shape[0] == 1:  # as reshapes, which a Pallas kernel can lower (no slice, no stack)
+        return matmul(a.reshape(a.shape[1:]), w.reshape(w.shape[1:]))[None]
     return jnp.stack([matmul(a[d], w[d]) for d in range(a.shape[0])])
 
 
@@ -56,34 +58,50 @@ def _where_valid(mask, new, old):
     return new if mask is None else jnp.where(mask, new, old)
 
 
-def _forward(math_key, unroll, precision, w, xs, state0, mask, *, keep_residuals, hoist=True):
+def project(xs, w: LoopWeights, precision):
+    """The hoisted input projections `x @ W_ih^T` of all steps: one large matmul per direction
+    `(T, D, B, I) -> (T, D, B, G*H)`; the bias joins inside the step."""
+    return jnp.stack([jnp.matmul(xs[:, d], w.wih[d], precision=precision) for d in range(xs.shape[1])], 1)
+
+
+def step(math_key, precision, w: LoopWeights, state, x_t, mask_t, *, hoisted: bool, keep_residuals: bool):
+    """One time step of every direction: `(new_state, (y, residuals))`.
+
+    `x_t` is the step's projection `(D, B, G*H)` when `hoisted`, else its input `(D, B, I)`.
+    The residuals are what the custom VJP's backward step needs: the state before the step,
+    the pre-activations and, with a projection, `h` before it.
+    """
     math = cell_math(*math_key)
 
     def matmul(spec, a, w):
         return _per_direction(spec, a, w, precision)
 
-    if hoist:  # one large matmul per direction; the loop then reads the projections
-        xs = jnp.stack([jnp.matmul(xs[:, d], w.wih[d], precision=precision) for d in range(xs.shape[1])], 1)
+    xp_t = x_t if hoisted else matmul("dbi,dig->dbg", x_t, w.wih)
+    # The bias joins here, where it fuses into the gate math; added to the hoisted projections
+    # it would cost one more (T, D, B, G*H) buffer.
+    xp_t = xp_t if w.bih is None else xp_t + w.bih
+    hh = matmul("dbh,dhg->dbg", state[0], w.whh)
+    if w.bhh is not None:
+        hh = hh + w.bhh
+    pre = math.combine(xp_t, hh)
+    h_raw, rest = math.update(pre, state)
+    h = h_raw if w.whr is None else matmul("dbk,dkp->dbp", h_raw, w.whr)
+    new_state = tuple(_where_valid(mask_t, n, o) for n, o in zip((h, *rest), state))
+    y = _where_valid(mask_t, h, 0)
+    residuals = (state, pre, h_raw if w.whr is not None else None) if keep_residuals else None
+    return new_state, (y, residuals)
 
-    def step(state, x_t, mask_t):
-        xp_t = x_t if hoist else matmul("dbi,dig->dbg", x_t, w.wih)
-        # The bias joins inside the step, where it fuses into the gate math; added to the
-        # hoisted projections it would cost one more (T, D, B, G*H) buffer.
-        xp_t = xp_t if w.bih is None else xp_t + w.bih
-        hh = matmul("dbh,dhg->dbg", state[0], w.whh)
-        if w.bhh is not None:
-            hh = hh + w.bhh
-        pre = math.combine(xp_t, hh)
-        h_raw, rest = math.update(pre, state)
-        h = h_raw if w.whr is None else matmul("dbk,dkp->dbp", h_raw, w.whr)
-        new_state = tuple(_where_valid(mask_t, n, o) for n, o in zip((h, *rest), state))
-        y = _where_valid(mask_t, h, 0)
-        residuals = (state, pre, h_raw if w.whr is not None else None) if keep_residuals else None
-        return new_state, (y, residuals)
+
+def _forward(math_key, unroll, precision, w, xs, state0, mask, *, keep_residuals, hoist=True):
+    if hoist:
+        xs = project(xs, w, precision)
+
+    def step_t(state, x_t, mask_t):
+        return step(math_key, precision, w, state, x_t, mask_t, hoisted=hoist, keep_residuals=keep_residuals)
 
     if xs[0].size < PREFETCH_MIN_SIZE:
         state, (ys, residuals) = jax.lax.scan(
-            lambda state, inputs: step(state, *inputs), state0, (xs, mask), unroll=unroll
+            lambda state, inputs: step_t(state, *inputs), state0, (xs, mask), unroll=unroll
         )
         return (ys, state), residuals
 
@@ -98,7 +116,7 @@ def _forward(math_key, unroll, precision, w, xs, state0, mask, *, keep_residuals
         state, x_t = carry
         t, mask_t = inputs
         x_next = jax.lax.dynamic_index_in_dim(xs, jnp.minimum(t + 1, last), keepdims=False)
-        new_state, outputs = step(state, x_t, mask_t)
+        new_state, outputs = step_t(state, x_t, mask_t)
         return (new_state, x_next), outputs
 
     (state, _), (ys, residuals) = jax.lax.scan(

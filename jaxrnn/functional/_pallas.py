@@ -1,0 +1,117 @@
+"""The time loop as one fused Pallas kernel: a program per direction runs every time step with
+the recurrent weights and the state held on chip, so a step costs no kernel launch and no trip
+of `W_hh` through memory. The step itself is the same `step` function that the `lax.scan` loop
+runs, and the backward pass is the scan path's custom VJP, fed the residuals the kernel stores.
+
+On GPU and TPU the kernel is compiled by Pallas; elsewhere it runs in Pallas's interpreter
+(correct, and how the tests check it against torch, but slow).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
+
+from ._recurrence import LoopWeights, _recurrence_bwd, project, step
+
+
+def _backend() -> str:
+    return jax.default_backend()
+
+
+def _compile_options(backend: str) -> dict:
+    """How `pallas_call` runs on `backend`: Triton on GPU, Mosaic on TPU, else interpreted."""
+    if backend == "gpu":
+        return dict(compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=1))
+    return dict(interpret=backend != "tpu")
+
+
+def _check_triton_sizes(xp, state0) -> None:
+    """Triton compiles only arrays whose sizes are powers of two."""
+    sizes = {"batch": xp.shape[2], "gates * hidden_size": xp.shape[3]}
+    sizes |= {f"state[{i}] features": s.shape[-1] for i, s in enumerate(state0)}
+    odd = {name: n for name, n in sizes.items() if n & (n - 1)}
+    if odd:
+        found = ", ".join(f"{name} {n}" for name, n in odd.items())
+        raise ValueError(
+            f"implementation='pallas' on GPU compiles with Triton, which needs power-of-two sizes; got {found} "
+            "(a GRU has 3 gates, so it never fits); use implementation='xla'"
+        )
+
+
+def _direction_spec(shape, time_major: bool) -> pl.BlockSpec:
+    """The block of direction `d`: axis 1 of `(T, D, ...)` arrays, else axis 0 of `(D, ...)`."""
+    if time_major:
+        return pl.BlockSpec((shape[0], 1, *shape[2:]), lambda d: (0, d) + (0,) * (len(shape) - 2))
+    return pl.BlockSpec((1, *shape[1:]), lambda d: (d,) + (0,) * (len(shape) - 1))
+
+
+def _kernel_forward(math_key, precision, w: LoopWeights, xs, state0, mask, *, keep_residuals: bool):
+    """`((ys, final_state), residuals)` of one layer, as `_forward` returns them."""
+    xp = project(xs, w, precision)
+    T, D = xp.shape[:2]
+    backend = _backend()
+    if backend == "gpu":
+        _check_triton_sizes(xp, state0)
+    # Pallas kernels take no booleans: the mask travels as 0/1 in the projections' dtype.
+    mask = None if mask is None else mask.astype(xp.dtype)
+    run_step = functools.partial(step, math_key, precision, hoisted=True, keep_residuals=keep_residuals)
+
+    def step_of(w, state, x_t, mask_t):
+        return run_step(w, state, x_t, None if mask_t is None else mask_t > 0)
+
+    new_state, (y, residuals) = jax.eval_shape(step_of, w, state0, xp[0], None if mask is None else mask[0])
+    stacked = jax.ShapeDtypeStruct((T, *y.shape), y.dtype), jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((T, *a.shape), a.dtype), residuals
+    )
+    out_shape = (stacked, new_state)
+    inputs = (w, xp, state0, mask)
+    in_specs = (
+        jax.tree.map(lambda a: _direction_spec(a.shape, False), w),
+        _direction_spec(xp.shape, True),
+        jax.tree.map(lambda a: _direction_spec(a.shape, False), state0),
+        None if mask is None else pl.BlockSpec(mask.shape, lambda d: (0,) * mask.ndim),
+    )
+    out_specs = (
+        jax.tree.map(lambda a: _direction_spec(a.shape, True), stacked),
+        jax.tree.map(lambda a: _direction_spec(a.shape, False), new_state),
+    )
+
+    def kernel(w_ref, xp_ref, state0_ref, mask_ref, stacked_ref, final_ref):
+        w_block = jax.tree.map(lambda r: r[...], w_ref)
+
+        def body(t, state):
+            mask_t = None if mask_ref is None else mask_ref[t]
+            new_state, outputs = step_of(w_block, state, xp_ref[t], mask_t)
+            jax.tree.map(lambda r, v: r.__setitem__(t, v), stacked_ref, outputs)
+            return new_state
+
+        final = jax.lax.fori_loop(0, T, body, jax.tree.map(lambda r: r[...], state0_ref))
+        jax.tree.map(lambda r, v: r.__setitem__(..., v), final_ref, final)
+
+    (ys, residuals), final = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=(D,),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        **_compile_options(backend),
+    )(*inputs)
+    return (ys, final), residuals
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def recurrence_pallas(math_key, unroll, precision, w: LoopWeights, xs, state0, mask):
+    """`recurrence` with the forward loop as one Pallas kernel (`unroll` does not apply)."""
+    return _kernel_forward(math_key, precision, w, xs, state0, mask, keep_residuals=False)[0]
+
+
+def _pallas_fwd(math_key, unroll, precision, w, xs, state0, mask):
+    out, residuals = _kernel_forward(math_key, precision, w, xs, state0, mask, keep_residuals=True)
+    return out, (w, mask, residuals, xs)
+
+
+recurrence_pallas.defvjp(_pallas_fwd, _recurrence_bwd)

@@ -1,0 +1,145 @@
+"""The accelerator implementations of the time loop, checked on CPU.
+
+- "pallas": the fused kernel runs in Pallas's interpreter here and must match torch exactly as
+  the scan does (outputs, states, every gradient); its GPU (Triton) and TPU (Mosaic) lowerings
+  are built here too, without a device, to prove that they compile to a kernel at all.
+- "cudnn": everything but the cuDNN call itself (weight packing, layout, lengths, states) runs
+  against torch, with `jax.experimental.rnn`'s reference LSTM standing in for cuDNN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from frontends import FRONTENDS
+from jax.experimental import rnn
+from matrix import OPTIONS, covering_rows, row_id
+from test_parity import check_layer_against_torch
+
+import jaxrnn
+from jaxrnn import functional as F
+from jaxrnn.functional import RecurrentSpec, _cudnn, _pallas
+
+PALLAS_ROWS = covering_rows(dict(OPTIONS, backward=["fused", "remat"]), FRONTENDS, strength=2)
+
+
+@pytest.mark.parametrize("row", PALLAS_ROWS, ids=row_id)
+def test_pallas_matches_torch(row, rng):
+    check_layer_against_torch(row, rng, implementation="pallas")
+
+
+def reference_lstm(x, h_0, c_0, weights, seq_lengths, input_size, hidden_size, num_layers, dropout, bidirectional,
+                   precision):
+    """`jax.experimental.rnn.lstm`'s own reference, on the same flat cuDNN weight vector."""
+    unpacked = rnn.unpack_lstm_weights(weights, input_size, hidden_size, num_layers, bidirectional)
+    return rnn.lstm_ref(x, h_0, c_0, *unpacked, seq_lengths, input_size, hidden_size, num_layers, dropout,
+                        bidirectional)
+
+
+CUDNN_OPTIONS = dict(OPTIONS, kind=["lstm"], proj=[False], dtype=["float32"], backward=["fused"])
+
+
+@pytest.mark.parametrize("row", covering_rows(CUDNN_OPTIONS, FRONTENDS, strength=2), ids=row_id)
+def test_cudnn_path_matches_torch(row, rng, monkeypatch):
+    monkeypatch.setattr(_cudnn, "lstm_kernel", lambda: reference_lstm)
+    check_layer_against_torch(row, rng, implementation="cudnn")
+
+
+def _lstm_params(**kw):
+    return RecurrentSpec("lstm", 4, 8, **kw).init(jax.random.key(0), jnp.float32)
+
+
+X = jnp.ones((3, 2, 4), jnp.float32)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(implementation="cuda"), "implementation must be one of"),
+        (dict(implementation="pallas", fused_backward=False), "fused_backward=False needs 'xla'"),
+        (dict(implementation="cudnn", remat=True), "remat needs 'xla' or 'pallas'"),
+    ],
+)
+def test_bad_implementation_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        F.lstm(_lstm_params(), X, **kwargs)
+
+
+def test_cudnn_needs_a_cuda_gpu():
+    with pytest.raises(ValueError, match="implementation='cudnn' needs a CUDA GPU; the default backend is 'cpu'"):
+        F.lstm(_lstm_params(), X, implementation="cudnn")
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: F.gru(RecurrentSpec("gru", 4, 8).init(jax.random.key(0), jnp.float32), X,
+                       implementation="cudnn"), "kind 'gru' \\(LSTM only\\)"),
+        (lambda: F.lstm(_lstm_params(proj_size=2), X, implementation="cudnn"), "proj_size=2"),
+        (lambda: F.lstm(_lstm_params(), X.astype(jnp.float64), implementation="cudnn"),
+         "dtype float64 \\(float32 only\\)"),
+        (lambda: F.lstm(_lstm_params(num_layers=2), X, dropout=0.5,
+                        dropout_key=jax.random.key(1), implementation="cudnn"), "dropout between layers"),
+    ],
+)
+def test_cudnn_refuses_what_it_cannot_run(call, message, monkeypatch):
+    monkeypatch.setattr(_cudnn, "lstm_kernel", lambda: reference_lstm)
+    with pytest.raises(ValueError, match=f"implementation='cudnn' does not support {message}"):
+        call()
+
+
+@dataclasses.dataclass
+class Lowering:
+    kind: str
+    platform: str
+    masked: bool
+
+
+LOWERINGS = [
+    Lowering("lstm", "cuda", True),
+    Lowering("rnn", "cuda", False),
+    Lowering("gru", "tpu", True),
+    Lowering("lstm", "tpu", False),
+]
+
+
+@pytest.mark.parametrize("case", LOWERINGS, ids=lambda c: f"{c.kind}-{c.platform}-masked{c.masked}")
+def test_pallas_kernel_lowers_for_accelerators(case, monkeypatch):
+    """The forward and backward of a bidirectional layer, lowered as for a GPU or TPU."""
+    monkeypatch.setattr(_pallas, "_backend", lambda: {"cuda": "gpu"}.get(case.platform, case.platform))
+    params = RecurrentSpec(case.kind, 16, 32, bidirectional=True).init(jax.random.key(0), jnp.float32)
+    x = jnp.ones((6, 16, 16), jnp.float32)
+    lengths = jnp.full((16,), 4, jnp.int32) if case.masked else None
+    fn = {"lstm": F.lstm, "gru": F.gru, "rnn": F.rnn}[case.kind]
+
+    def loss(params, x):
+        return fn(params, x, seq_lengths=lengths, implementation="pallas")[0].sum()
+
+    kernels = {"cuda": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}[case.platform]
+    exported = jax.export.export(
+        jax.jit(jax.grad(loss, argnums=(0, 1))),
+        platforms=[case.platform],
+        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(kernels)],
+    )(params, x)
+    assert exported.mlir_module().count(kernels) == 1
+
+
+def test_pallas_on_gpu_refuses_sizes_triton_cannot_compile(monkeypatch):
+    monkeypatch.setattr(_pallas, "_backend", lambda: "gpu")
+    params = RecurrentSpec("gru", 16, 32).init(jax.random.key(0), jnp.float32)
+    with pytest.raises(ValueError, match="power-of-two sizes; got gates \\* hidden_size 96"):
+        jax.eval_shape(lambda p, x: F.gru(p, x, implementation="pallas"), params, jnp.ones((6, 16, 16), jnp.float32))
+
+
+def test_modules_take_the_implementation(rng):
+    x = jnp.asarray(rng.standard_normal((5, 2, 3)), jnp.float32)
+    model = jaxrnn.GRU(3, 4, implementation="pallas")
+    variables = model.init(jax.random.key(0), x)
+    output, h_n = model.apply(variables, x)
+    expected, expected_h = F.gru(variables["params"], x)
+    np.testing.assert_allclose(output, expected, atol=1e-6)
+    np.testing.assert_allclose(h_n, expected_h, atol=1e-6)
