@@ -1,10 +1,14 @@
 """The peers every benchmark row is measured against, each built on the same torch weights.
 
-Each builder returns `run(x) -> output` for the forward mode and `run(x) -> grads` for
-forward+backward (gradient of `sum(output)` w.r.t. parameters and input).
+Each builder returns `run()`, which computes the output (forward mode) or the gradients of
+`sum(output)` w.r.t. parameters and input (forward+backward) and waits for them; or None
+where the peer cannot run that row (cuDNN has no GRU, for one).
 """
 
 from __future__ import annotations
+
+import copy
+import functools
 
 import equinox as eqx
 import flax.linen as nn
@@ -15,11 +19,15 @@ import torch
 
 import jaxrnn
 from jaxrnn.convert import module_from_torch
+from jaxrnn.functional._cudnn import pack_weights
+from jaxrnn.functional._spec import RecurrentSpec
 
 
-def torch_runner(module: torch.nn.Module, x: np.ndarray, lengths, backward: bool):
-    x_t = torch.tensor(x, requires_grad=backward)
-    lengths_t = None if lengths is None else torch.tensor(lengths)
+def torch_runner(module: torch.nn.Module, x: np.ndarray, lengths, backward: bool, device: str = "cpu"):
+    module = copy.deepcopy(module).to(device)
+    x_t = torch.tensor(x, requires_grad=backward, device=device)
+    lengths_t = None if lengths is None else torch.tensor(lengths)  # packing takes them on the CPU
+    synchronize = torch.cuda.synchronize if device == "cuda" else lambda: None
 
     def forward():
         inp = x_t
@@ -33,13 +41,14 @@ def torch_runner(module: torch.nn.Module, x: np.ndarray, lengths, backward: bool
     if not backward:
         def run():
             with torch.no_grad():
-                return forward()
+                forward()
+            synchronize()
     else:
         def run():
             module.zero_grad(set_to_none=True)
             x_t.grad = None
             forward().sum().backward()
-            return x_t.grad
+            synchronize()
     return run
 
 
@@ -54,10 +63,35 @@ def _jax_runner(apply, params, x, lengths, backward: bool):
     return lambda: jax.block_until_ready(fn(params, x))
 
 
-def jaxrnn_runner(module: torch.nn.Module, x, lengths, backward: bool):
-    model, variables = module_from_torch(module)
+def jaxrnn_runner(module: torch.nn.Module, x, lengths, backward: bool, implementation: str | None = None):
+    if implementation == "cudnn" and not isinstance(module, torch.nn.LSTM):
+        return None
+    if implementation == "pallas" and isinstance(module, torch.nn.GRU) and jax.default_backend() == "gpu":
+        return None  # Triton needs power-of-two sizes; a GRU's 3 * hidden_size never is
+    model, variables = module_from_torch(module, implementation=implementation)
     apply = lambda v, x, n: model.apply(v, x, seq_lengths=n)[0]  # noqa: E731
     return _jax_runner(apply, variables, x, lengths, backward)
+
+
+def experimental_rnn_runner(module: torch.nn.Module, x, lengths, backward: bool):
+    """`jax.experimental.rnn.lstm`, JAX's own cuDNN LSTM (CUDA GPUs only), batch-first."""
+    if not isinstance(module, torch.nn.LSTM):
+        return None
+    from jax.experimental import rnn
+
+    spec = RecurrentSpec("lstm", module.input_size, module.hidden_size, module.num_layers,
+                         bidirectional=module.bidirectional)
+    weights = pack_weights(spec, {k: jnp.asarray(v.detach().cpu().numpy()) for k, v in module.state_dict().items()})
+    T, B = x.shape[:2]
+    zeros = jnp.zeros((spec.num_directions * spec.num_layers, B, spec.hidden_size), jnp.float32)
+    n = jnp.full((B,), T, jnp.int32) if lengths is None else np.asarray(lengths, np.int32)
+
+    def apply(w, x, n):
+        y, _, _ = rnn.lstm(jnp.swapaxes(x, 0, 1), zeros, zeros, w, n, spec.input_size, spec.hidden_size,
+                           spec.num_layers, 0.0, spec.bidirectional)
+        return y
+
+    return _jax_runner(apply, weights, x, n, backward)
 
 
 # Flax's own cells with their own initialisation: the weights' values do not change the time.
@@ -152,4 +186,15 @@ PEERS = {
     "jaxrnn": jaxrnn_runner,
     "flax": flax_runner,
     "equinox": equinox_runner,
+}
+
+# On a GPU: torch with cuDNN, JAX's cuDNN LSTM, and jaxrnn's other implementations as peers of
+# its default one.
+GPU_PEERS = {
+    "torch": functools.partial(torch_runner, device="cuda"),
+    "jaxrnn": jaxrnn_runner,
+    "jaxrnn pallas": functools.partial(jaxrnn_runner, implementation="pallas"),
+    "jaxrnn cudnn": functools.partial(jaxrnn_runner, implementation="cudnn"),
+    "jax.experimental.rnn": experimental_rnn_runner,
+    "flax": flax_runner,
 }

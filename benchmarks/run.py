@@ -1,7 +1,8 @@
 """Benchmark jaxrnn against torch, Flax's nn.RNN and Equinox cells; write RESULTS.md and a figure.
 
-    python benchmarks/run.py            # the full grid (a few minutes on 2 cores)
-    python benchmarks/run.py --quick    # tiny sizes, as CI runs it
+    python benchmarks/run.py                    # the full grid (a few minutes on 2 cores)
+    python benchmarks/run.py --quick            # tiny sizes, as CI runs it
+    BENCH_DEVICE=gpu python benchmarks/run.py   # on a CUDA GPU, against cuDNN
 
 Every peer runs on the same torch weights and inputs with the same thread count; times are
 medians of `--repeats` runs after a warm-up call, compile time (first call) is reported apart.
@@ -15,11 +16,12 @@ import sys
 import time
 
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+GPU = os.environ.get("BENCH_DEVICE", "cpu") == "gpu"
 os.environ.setdefault(
     "XLA_FLAGS",
     f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={THREADS}",
 )
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_PLATFORMS", "cuda" if GPU else "cpu")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -29,7 +31,9 @@ from rich.console import Console  # noqa: E402
 from rich.progress import track  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peers import PEERS  # noqa: E402
+from peers import GPU_PEERS, PEERS  # noqa: E402
+
+PEERS = GPU_PEERS if GPU else PEERS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = [(32, 100, 128), (8, 500, 256), (64, 50, 512), (1, 1000, 64)]
@@ -108,7 +112,7 @@ def measure(row, repeats: int, rng) -> dict:
         name: builder(module, x, lengths, backward, **({"kind": kind} if name in ("flax", "equinox") else {}))
         for name, builder in PEERS.items()
     }
-    result = interleaved_medians(runs, repeats)
+    result = interleaved_medians({name: run for name, run in runs.items() if run is not None}, repeats)
     result["gflops"] = flops(kind, mode, B, T, H, num_layers, bidirectional) / (result["jaxrnn"] * 1e-3) / 1e9
     return result
 
@@ -123,12 +127,26 @@ def geomean(values) -> float:
     return float(np.exp(np.mean(np.log(values))))
 
 
+def ratio(r: dict, peer: str) -> float | None:
+    return r["jaxrnn"] / r[peer] if peer in r else None
+
+
+def cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def machine() -> str:
+    if GPU:
+        return f"GPU ({jax.devices()[0].device_kind}, torch on cuDNN)"
+    return f"CPU, {THREADS} threads for every peer (XLA intra-op threads, `torch.set_num_threads`)"
+
+
 def write_results(rows, results, peak, path_md, path_png, quick, repeats):
     peers = [p for p in PEERS if p != "jaxrnn"]
     lines = [
         "# Benchmark results",
         "",
-        f"CPU, {THREADS} threads for every peer (XLA intra-op threads, `torch.set_num_threads`); "
+        f"{machine()}; "
         f"float32; jax {jax.__version__}, torch {torch.__version__}; medians of {repeats} or more calls, "
         "timed in turns of 3 per peer, each turn after one untimed call. "
         f"Ratio = jaxrnn time / peer time (< 1: jaxrnn is faster). Large-matmul peak on this machine: "
@@ -141,15 +159,16 @@ def write_results(rows, results, peak, path_md, path_png, quick, repeats):
     for row, r in zip(rows, results):
         lines.append(
             f"| {label(row)} | {r['jaxrnn']:.2f} | "
-            + " | ".join(f"{r[p]:.2f}" for p in peers) + " | "
-            + " | ".join(f"{r['jaxrnn'] / r[p]:.2f}" for p in peers)
+            + " | ".join(cell(r.get(p)) for p in peers) + " | "
+            + " | ".join(cell(ratio(r, p)) for p in peers)
             + f" | {r['gflops']:.0f} ({r['gflops'] / peak:.0%}) | {r['jaxrnn_compile']:.1f} |"
         )
     lines += ["", "| ratio jaxrnn / peer | worst | geometric mean |", "|---|---|---|"]
     for p in peers:
-        ratios = [r["jaxrnn"] / r[p] for r in results]
-        worst = int(np.argmax(ratios))
-        lines.append(f"| {p} | {ratios[worst]:.2f} ({label(rows[worst])}) | {geomean(ratios):.2f} |")
+        measured = [(ratio(r, p), row) for row, r in zip(rows, results) if p in r]
+        if measured:
+            worst, worst_row = max(measured, key=lambda m: m[0])
+            lines.append(f"| {p} | {worst:.2f} ({label(worst_row)}) | {geomean([m[0] for m in measured]):.2f} |")
     with open(path_md, "w") as file:
         file.write("\n".join(lines) + "\n")
 
@@ -160,14 +179,16 @@ def write_results(rows, results, peak, path_md, path_png, quick, repeats):
 
     fig, ax = plt.subplots(figsize=(10, 0.28 * len(rows) + 1.5))
     y = np.arange(len(rows))
+    height = 0.8 / len(peers)
     for i, p in enumerate(peers):
-        ax.barh(y + (i - 1) * 0.27, [r["jaxrnn"] / r[p] for r in results], height=0.27, label=f"vs {p}")
+        ratios = [ratio(r, p) or np.nan for r in results]
+        ax.barh(y + (i - (len(peers) - 1) / 2) * height, ratios, height=height, label=f"vs {p}")
     ax.axvline(1.0, color="black", lw=1)
     ax.set_xscale("log")
     ax.set_yticks(y, [label(row) for row in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("jaxrnn time / peer time (log; left of 1 = jaxrnn faster)")
-    ax.set_title(f"jaxrnn against its peers, CPU, {THREADS} threads")
+    ax.set_title(f"jaxrnn against its peers, {machine().split(';')[0].split(' for ')[0]}")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path_png, dpi=110)
@@ -191,7 +212,7 @@ def main():
         r = results[-1]
         console.print(
             f"{label(row):32s} jaxrnn {r['jaxrnn']:8.2f} ms | "
-            + " | ".join(f"{p} {r[p]:8.2f} ({r['jaxrnn'] / r[p]:.2f})" for p in PEERS if p != "jaxrnn")
+            + " | ".join(f"{p} {r[p]:8.2f} ({ratio(r, p):.2f})" for p in PEERS if p != "jaxrnn" and p in r)
         )
     os.makedirs(args.out, exist_ok=True)
     write_results(
