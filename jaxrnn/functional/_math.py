@@ -28,7 +28,7 @@ class LSTMState(NamedTuple):
 
 
 class CellMath(NamedTuple):
-    combine: Callable  # (xp, hh) -> pre
+    combine: Callable  # (xp, hh) -> pre: an array of xp's shape, or a tuple led by one
     split_grad: Callable  # d pre -> (d xp, d hh), the transpose of `combine`
     update: Callable  # (pre, state) -> (h_raw, rest of the new state)
 
@@ -61,20 +61,22 @@ def _lstm_update(pre, state):
 
 
 def _gru_combine(xp, hh):
-    # torch's GRU: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), so the n parts stay apart.
-    rz = xp[..., : 2 * xp.shape[-1] // 3] + hh[..., : 2 * hh.shape[-1] // 3]
-    return rz, xp[..., 2 * xp.shape[-1] // 3 :], hh[..., 2 * hh.shape[-1] // 3 :]
+    # torch's GRU: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), so W_hn h stays apart. The
+    # first part keeps xp's shape (r and z summed, W_in x as it is), so it can take xp's place.
+    rz = 2 * xp.shape[-1] // 3
+    return jnp.concatenate([xp[..., :rz] + hh[..., :rz], xp[..., rz:]], -1), hh[..., rz:]
 
 
 def _gru_split_grad(d):
-    d_rz, d_xn, d_hn = d
-    return jnp.concatenate([d_rz, d_xn], -1), jnp.concatenate([d_rz, d_hn], -1)
+    d_first, d_hn = d
+    return d_first, jnp.concatenate([d_first[..., : 2 * d_first.shape[-1] // 3], d_hn], -1)
 
 
 def _gru_update(pre, state):
-    rz, xn, hn = pre
-    r, z = jnp.split(_sigmoid(rz), 2, axis=-1)
-    n = jnp.tanh(xn + r * hn)
+    first, hn = pre
+    rz = 2 * first.shape[-1] // 3
+    r, z = jnp.split(_sigmoid(first[..., :rz]), 2, axis=-1)
+    n = jnp.tanh(first[..., rz:] + r * hn)
     return n + z * (state[0] - n), ()
 
 

@@ -120,18 +120,19 @@ def _forward(math_key, unroll, precision, w, xs, state0, mask, *, keep_residuals
     # x_t arrives through the carry, prefetched one step ahead: slicing the hoisted
     # projections inside the step makes XLA:CPU fuse the slice into the gate math, which then
     # runs several times slower (the hoisting trap). For tiny steps the extra copy costs more.
-    # Where the pre-activations have the projections' shape (RNN, LSTM), each overwrites its
-    # step's projection in place: every call faults its temporary memory in afresh (about
-    # 0.3 ms per MB here), so one (T, D, B, G*H) buffer less is time saved.
-    in_place = keep_residuals and hoist and math_key[0] != "gru"
+    # Each step's pre-activations (their part of the projections' shape) overwrite its
+    # projections in place: every call faults its temporary memory in afresh (about 0.3 ms
+    # per MB here), so one (T, D, B, G*H) buffer less is time saved.
+    in_place = keep_residuals and hoist
 
     def prefetched(carry, inputs):
         state, x_t, buffer = carry
         t, mask_t = inputs
         new_state, (y, residuals) = step_t(state, x_t, mask_t)
         if in_place:
-            buffer = jax.lax.dynamic_update_index_in_dim(buffer, residuals[1], t, 0)
-            residuals = (residuals[0], None, residuals[2])
+            first, rest = _split_first(residuals[1])
+            buffer = jax.lax.dynamic_update_index_in_dim(buffer, first, t, 0)
+            residuals = (residuals[0], rest, residuals[2])
         # Read after the write, from the updated buffer: read before, it would need a copy.
         x_next = jax.lax.dynamic_index_in_dim(buffer, jnp.minimum(t + 1, len(xs) - 1), keepdims=False)
         return (new_state, x_next, buffer), (y, residuals)
@@ -140,8 +141,17 @@ def _forward(math_key, unroll, precision, w, xs, state0, mask, *, keep_residuals
         prefetched, (state0, xs[0], xs), (jnp.arange(len(xs)), mask), unroll=unroll
     )
     if in_place:
-        residuals = (residuals[0], buffer, residuals[2])
+        residuals = (residuals[0], _join_first(buffer, residuals[1]), residuals[2])
     return (ys, state), residuals
+
+
+def _split_first(pre):
+    """`pre` as (its part of the projections' shape, the rest or None)."""
+    return (pre[0], pre[1:]) if isinstance(pre, tuple) else (pre, None)
+
+
+def _join_first(first, rest):
+    return first if rest is None else (first, *rest)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -181,29 +191,29 @@ def _recurrence_bwd(math_key, unroll, precision, saved, cotangents):
         # Where both projections get the same gradient (RNN, LSTM), stack it once.
         return d_prev, (d_xp, None if d_hh is d_xp else d_hh, d_new[0] if w.whr is not None else None)
 
-    if isinstance(pres, tuple) or pres[0].size < PREFETCH_MIN_SIZE:
+    first, rest = _split_first(pres)
+    if first[0].size < PREFETCH_MIN_SIZE:
         d_state0, (d_xp, d_hh, d_h) = jax.lax.scan(
             step, d_final, (d_ys, states_prev, pres, h_raws, mask), reverse=True, unroll=unroll
         )
     else:
         # As in the forward: the step's pre-activations are prefetched through the carry, and
-        # their gradient overwrites them in place.
+        # the gradient of the projections overwrites them in place.
         def in_place(carry, inputs):
-            d_state, pre_t, buffer = carry
-            t, d_y, state_prev, h_raw, mask_t = inputs
-            d_prev, (d_pre, _, d_h) = step(d_state, (d_y, state_prev, pre_t, h_raw, mask_t))
-            buffer = jax.lax.dynamic_update_index_in_dim(buffer, d_pre, t, 0)
-            pre_next = jax.lax.dynamic_index_in_dim(buffer, jnp.maximum(t - 1, 0), keepdims=False)
-            return (d_prev, pre_next, buffer), d_h
+            d_state, first_t, buffer = carry
+            t, d_y, state_prev, rest_t, h_raw, mask_t = inputs
+            d_prev, (d_xp, d_hh, d_h) = step(d_state, (d_y, state_prev, _join_first(first_t, rest_t), h_raw, mask_t))
+            buffer = jax.lax.dynamic_update_index_in_dim(buffer, d_xp, t, 0)
+            first_next = jax.lax.dynamic_index_in_dim(buffer, jnp.maximum(t - 1, 0), keepdims=False)
+            return (d_prev, first_next, buffer), (d_hh, d_h)
 
-        (d_state0, _, d_xp), d_h = jax.lax.scan(
+        (d_state0, _, d_xp), (d_hh, d_h) = jax.lax.scan(
             in_place,
-            (d_final, pres[-1], pres),
-            (jnp.arange(len(pres)), d_ys, states_prev, h_raws, mask),
+            (d_final, first[-1], first),
+            (jnp.arange(len(first)), d_ys, states_prev, rest, h_raws, mask),
             reverse=True,
             unroll=unroll,
         )
-        d_hh = None
     d_hh = d_xp if d_hh is None else d_hh
     # The weight gradients: one large matmul over all time steps each, per direction on
     # (T * B, features) slabs so that no operand needs a transpose first.
