@@ -12,8 +12,6 @@ from __future__ import annotations
 import functools
 
 import jax
-from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pl_triton
 
 from ._recurrence import LoopWeights, _recurrence_bwd, project, step
 
@@ -25,6 +23,8 @@ def _backend() -> str:
 def _compile_options(backend: str) -> dict:
     """How `pallas_call` runs on `backend`: Triton on GPU, Mosaic on TPU, else interpreted."""
     if backend == "gpu":
+        from jax.experimental.pallas import triton as pl_triton
+
         return dict(compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=1))
     return dict(interpret=backend != "tpu")
 
@@ -42,8 +42,10 @@ def _check_triton_sizes(xp, state0) -> None:
         )
 
 
-def _direction_spec(shape, time_major: bool) -> pl.BlockSpec:
+def _direction_spec(shape, time_major: bool):
     """The block of direction `d`: axis 1 of `(T, D, ...)` arrays, else axis 0 of `(D, ...)`."""
+    from jax.experimental import pallas as pl
+
     if time_major:
         return pl.BlockSpec((shape[0], 1, *shape[2:]), lambda d: (0, d) + (0,) * (len(shape) - 2))
     return pl.BlockSpec((1, *shape[1:]), lambda d: (d,) + (0,) * (len(shape) - 1))
@@ -51,6 +53,10 @@ def _direction_spec(shape, time_major: bool) -> pl.BlockSpec:
 
 def _kernel_forward(math_key, precision, w: LoopWeights, xs, state0, mask, *, keep_residuals: bool):
     """`((ys, final_state), residuals)` of one layer, as `_forward` returns them."""
+    # Pallas is imported here, when a kernel is asked for: it adds a tenth of a second to
+    # `import jaxrnn`, and nothing else needs it.
+    from jax.experimental import pallas as pl
+
     xp = project(xs, w, precision)
     T, D = xp.shape[:2]
     backend = _backend()
