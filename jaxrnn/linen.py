@@ -127,7 +127,8 @@ _LAYER_ARGS = """
       bidirectional: add a reverse direction; outputs concatenate `[forward, reverse]`.
       {proj}dtype: computation dtype (keyword-only); None: promoted from inputs and params.
       param_dtype: parameter storage dtype (keyword-only), default float32.
-      precision: matmul precision (keyword-only), e.g. `jax.lax.Precision.HIGHEST`.
+      precision: matmul precision (keyword-only); `jax.lax.Precision.HIGHEST` also evaluates
+        tanh and sigmoid in float32 to within about an ulp, for 10-35% more time on CPU.
       unroll: time steps per `lax.scan` iteration (keyword-only).
       fused_backward: custom VJP with large weight-gradient matmuls (keyword-only); False
         differentiates through `scan` and supports forward-mode autodiff.

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from ._checks import check_hx, check_x
 from ._layers import Params
-from ._math import LSTMState, cell_math
+from ._math import LSTMState, cell_math, is_highest
 from ._spec import RecurrentSpec
 
 
@@ -28,7 +28,7 @@ def run_cell(spec: RecurrentSpec, params: Params, x, hx, *, dtype=None, precisio
     hh = jnp.matmul(state[0], p["weight_hh"].T, precision=precision)
     if spec.bias:
         xp, hh = xp + p["bias_ih"], hh + p["bias_hh"]
-    math = cell_math(spec.kind, spec.nonlinearity)
+    math = cell_math(spec.kind, spec.nonlinearity, is_highest(precision))
     h, rest = math.update(math.combine(xp, hh), state)
     return LSTMState(h, *rest) if spec.kind == "lstm" else h
 

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._math import cell_math
+from ._math import cell_math, is_highest
 
 
 class LoopWeights(NamedTuple):
@@ -82,7 +82,7 @@ def step(math_key, precision, w: LoopWeights, state, x_t, mask_t, *, hoisted: bo
     The residuals are what the custom VJP's backward step needs: the state before the step,
     the pre-activations and, with a projection, `h` before it.
     """
-    math = cell_math(*math_key)
+    math = cell_math(*math_key, is_highest(precision))
 
     def matmul(spec, a, w):
         return _per_direction(spec, a, w, precision)
@@ -170,7 +170,7 @@ def _recurrence_bwd(math_key, unroll, precision, saved, cotangents):
     stacked, mask, (states_prev, pres, h_raws), xs = saved
     w = _unstacked(stacked)
     d_ys, d_final = cotangents
-    math = cell_math(*math_key)
+    math = cell_math(*math_key, is_highest(precision))
 
     def matmul(spec, a, w):
         return _per_direction(spec, a, w, precision)
