@@ -17,6 +17,10 @@ The backward pass is a custom VJP: the reverse loop carries only the state gradi
 matmul per step), and the weight gradients (W_ih and dx included) are single large matmuls
 over all time steps afterwards, instead of one small accumulation per step as autodiff through
 `scan` does.
+
+Memory is time here: each call faults its temporary buffers in afresh, so the forward writes
+each step's pre-activations over its projections, and the backward writes their gradients
+over them in turn; one `(T, D, B, G*H)` buffer serves all three.
 """
 
 from __future__ import annotations
