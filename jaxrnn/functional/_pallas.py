@@ -1,6 +1,6 @@
-"""The time loop as one fused Pallas kernel: a program per direction runs every time step with
-the recurrent weights and the state held on chip, so a step costs no kernel launch and no trip
-of `W_hh` through memory. The step itself is the same `step` function that the `lax.scan` loop
+"""The time loop as one fused Pallas kernel: a program per direction and block of the batch
+runs every time step with the recurrent weights and the state held on chip, so a step costs no
+kernel launch. The step itself is the same `step` function that the `lax.scan` loop
 runs, and the backward pass is the scan path's custom VJP, fed the residuals the kernel stores.
 
 On GPU and TPU the kernel is compiled by Pallas; elsewhere it runs in Pallas's interpreter
@@ -42,13 +42,24 @@ def _check_triton_sizes(xp, state0) -> None:
         )
 
 
-def _direction_spec(shape, time_major: bool):
-    """The block of direction `d`: axis 1 of `(T, D, ...)` arrays, else axis 0 of `(D, ...)`."""
+def _batch_block(batch: int) -> int:
+    """Rows of the batch per program: blocks of 16 or 32 spread a large batch over the GPU's
+    cores (a Triton dot needs 16 rows at least); a small or odd batch stays whole."""
+    return next((n for n in (32, 16) if batch > n and batch % n == 0), batch)
+
+
+def _block_spec(shape, block: int, layout: str):
+    """The block of program `(d, b)`: direction `d`, batch rows `b * block ...`. `layout`:
+    "weight" `(D, ...)`, "state" `(D, B, F)`, "stacked" `(T, D, B, F)`, "mask" `(T, 1, B, 1)`."""
     from jax.experimental import pallas as pl
 
-    if time_major:
-        return pl.BlockSpec((shape[0], 1, *shape[2:]), lambda d: (0, d) + (0,) * (len(shape) - 2))
-    return pl.BlockSpec((1, *shape[1:]), lambda d: (d,) + (0,) * (len(shape) - 1))
+    if layout == "weight":
+        return pl.BlockSpec((1, *shape[1:]), lambda d, b: (d,) + (0,) * (len(shape) - 1))
+    if layout == "state":
+        return pl.BlockSpec((1, block, shape[2]), lambda d, b: (d, b, 0))
+    if layout == "stacked":
+        return pl.BlockSpec((shape[0], 1, block, shape[3]), lambda d, b: (0, d, b, 0))
+    return pl.BlockSpec((shape[0], 1, block, 1), lambda d, b: (0, 0, b, 0))
 
 
 def _kernel_forward(math_key, precision, w: LoopWeights, xs, state0, mask, *, keep_residuals: bool):
@@ -75,16 +86,13 @@ def _kernel_forward(math_key, precision, w: LoopWeights, xs, state0, mask, *, ke
     )
     out_shape = (stacked, new_state)
     inputs = (w, xp, state0, mask)
-    in_specs = (
-        jax.tree.map(lambda a: _direction_spec(a.shape, False), w),
-        _direction_spec(xp.shape, True),
-        jax.tree.map(lambda a: _direction_spec(a.shape, False), state0),
-        None if mask is None else pl.BlockSpec(mask.shape, lambda d: (0,) * mask.ndim),
-    )
-    out_specs = (
-        jax.tree.map(lambda a: _direction_spec(a.shape, True), stacked),
-        jax.tree.map(lambda a: _direction_spec(a.shape, False), new_state),
-    )
+    block = _batch_block(xp.shape[2])
+
+    def specs(tree, layout):
+        return jax.tree.map(lambda a: _block_spec(a.shape, block, layout), tree)
+
+    in_specs = (specs(w, "weight"), specs(xp, "stacked"), specs(state0, "state"), specs(mask, "mask"))
+    out_specs = (specs(stacked, "stacked"), specs(new_state, "state"))
 
     def kernel(w_ref, xp_ref, state0_ref, mask_ref, stacked_ref, final_ref):
         w_block = jax.tree.map(lambda r: r[...], w_ref)
@@ -101,7 +109,7 @@ def _kernel_forward(math_key, precision, w: LoopWeights, xs, state0, mask, *, ke
     (ys, residuals), final = pl.pallas_call(
         kernel,
         out_shape=out_shape,
-        grid=(D,),
+        grid=(D, xp.shape[2] // block),
         in_specs=in_specs,
         out_specs=out_specs,
         **_compile_options(backend),
