@@ -157,7 +157,7 @@ def test_long_sequence_float32_error_is_torchs(rng):
 
 
 @pytest.mark.parametrize("kind", ["rnn_tanh", "lstm", "gru"])
-@pytest.mark.parametrize("backward", ["fused", "autodiff"])
+@pytest.mark.parametrize("backward", ["fused", "autodiff", "remat"])
 def test_wide_steps_match_torch(kind, backward, rng):
     """Steps with 1024+ input elements take the loop's prefetching, in-place path (tiny ones do not)."""
     row = dict(
