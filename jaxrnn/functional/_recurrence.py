@@ -179,7 +179,7 @@ def _recurrence_bwd(math_key, unroll, precision, saved, cotangents):
     def matmul(spec, a, w):
         return _per_direction(spec, a, w, precision)
 
-    def step(d_state, inputs):
+    def step_back(d_state, inputs):
         d_y, state_prev, pre, h_raw, mask_t = inputs
         d_new = (d_state[0] + d_y, *d_state[1:])
         # Where the step was padding, the state passed through unchanged and y was 0.
@@ -198,7 +198,7 @@ def _recurrence_bwd(math_key, unroll, precision, saved, cotangents):
     first, rest = _split_first(pres)
     if first[0].size < PREFETCH_MIN_SIZE:
         d_state0, (d_xp, d_hh, d_h) = jax.lax.scan(
-            step, d_final, (d_ys, states_prev, pres, h_raws, mask), reverse=True, unroll=unroll
+            step_back, d_final, (d_ys, states_prev, pres, h_raws, mask), reverse=True, unroll=unroll
         )
     else:
         # As in the forward: the step's pre-activations are prefetched through the carry, and
@@ -206,7 +206,8 @@ def _recurrence_bwd(math_key, unroll, precision, saved, cotangents):
         def in_place(carry, inputs):
             d_state, first_t, buffer = carry
             t, d_y, state_prev, rest_t, h_raw, mask_t = inputs
-            d_prev, (d_xp, d_hh, d_h) = step(d_state, (d_y, state_prev, _join_first(first_t, rest_t), h_raw, mask_t))
+            pre_t = _join_first(first_t, rest_t)
+            d_prev, (d_xp, d_hh, d_h) = step_back(d_state, (d_y, state_prev, pre_t, h_raw, mask_t))
             buffer = jax.lax.dynamic_update_index_in_dim(buffer, d_xp, t, 0)
             first_next = jax.lax.dynamic_index_in_dim(buffer, jnp.maximum(t - 1, 0), keepdims=False)
             return (d_prev, first_next, buffer), (d_hh, d_h)
