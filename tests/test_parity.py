@@ -158,10 +158,11 @@ def test_long_sequence_float32_error_is_torchs(rng):
 
 @pytest.mark.parametrize("kind", ["rnn_tanh", "lstm", "gru"])
 @pytest.mark.parametrize("backward", ["fused", "autodiff", "remat"])
-def test_wide_steps_match_torch(kind, backward, rng):
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_wide_steps_match_torch(kind, backward, bidirectional, rng):
     """Steps with 1024+ input elements take the loop's prefetching, in-place path (tiny ones do not)."""
     row = dict(
-        kind=kind, num_layers=2, bidirectional=True, bias=True, batch_first=False, proj=False,
+        kind=kind, num_layers=2, bidirectional=bidirectional, bias=True, batch_first=False, proj=False,
         unbatched=False, h0=True, seq_lengths=True, dtype="float64", backward=backward, frontend="functional",
     )
     lengths = rng.integers(1, 5, 32)

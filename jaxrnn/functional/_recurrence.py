@@ -128,6 +128,7 @@ def _forward(math_key, unroll, precision, w, xs, state0, mask, *, keep_residuals
     # projections in place: every call faults its temporary memory in afresh (about 0.3 ms
     # per MB here), so one (T, D, B, G*H) buffer less is time saved.
     in_place = keep_residuals and hoist
+    step_shape = xs.shape[1:]
 
     def prefetched(carry, inputs):
         state, x_t, buffer = carry
@@ -135,18 +136,26 @@ def _forward(math_key, unroll, precision, w, xs, state0, mask, *, keep_residuals
         new_state, (y, residuals) = step_t(state, x_t, mask_t)
         if in_place:
             first, rest = _split_first(residuals[1])
-            buffer = jax.lax.dynamic_update_index_in_dim(buffer, first, t, 0)
+            buffer = jax.lax.dynamic_update_index_in_dim(buffer, _merged(first), t, 0)
             residuals = (residuals[0], rest, residuals[2])
         # Read after the write, from the updated buffer: read before, it would need a copy.
         x_next = jax.lax.dynamic_index_in_dim(buffer, jnp.minimum(t + 1, len(xs) - 1), keepdims=False)
-        return (new_state, x_next, buffer), (y, residuals)
+        return (new_state, x_next.reshape(step_shape), buffer), (y, residuals)
 
     (state, _, buffer), (ys, residuals) = jax.lax.scan(
-        prefetched, (state0, xs[0], xs), (jnp.arange(len(xs)), mask), unroll=unroll
+        prefetched, (state0, xs[0], _merged(xs)), (jnp.arange(len(xs)), mask), unroll=unroll
     )
     if in_place:
-        residuals = (residuals[0], _join_first(buffer, residuals[1]), residuals[2])
+        residuals = (residuals[0], _join_first(buffer.reshape(xs.shape), residuals[1]), residuals[2])
     return (ys, state), residuals
+
+
+def _merged(a):
+    """`a` `(..., D, B, n)` as `(..., D * B, n)`, the form a loop carries its buffer in: with a
+    one-way layer's unit direction axis, XLA:CPU copied the whole buffer into each loop (a change
+    of layout that moves no byte). Without those copies an LSTM's fwd+bwd at B=16, T=20000,
+    H=256 peaks at 2.80 GB instead of 4.03."""
+    return a.reshape(*a.shape[:-3], -1, a.shape[-1])
 
 
 def _split_first(pre):
@@ -208,17 +217,18 @@ def _recurrence_bwd(math_key, unroll, precision, saved, cotangents):
             t, d_y, state_prev, rest_t, h_raw, mask_t = inputs
             pre_t = _join_first(first_t, rest_t)
             d_prev, (d_xp, d_hh, d_h) = step_back(d_state, (d_y, state_prev, pre_t, h_raw, mask_t))
-            buffer = jax.lax.dynamic_update_index_in_dim(buffer, d_xp, t, 0)
+            buffer = jax.lax.dynamic_update_index_in_dim(buffer, _merged(d_xp), t, 0)
             first_next = jax.lax.dynamic_index_in_dim(buffer, jnp.maximum(t - 1, 0), keepdims=False)
-            return (d_prev, first_next, buffer), (d_hh, d_h)
+            return (d_prev, first_next.reshape(first_t.shape), buffer), (d_hh, d_h)
 
         (d_state0, _, d_xp), (d_hh, d_h) = jax.lax.scan(
             in_place,
-            (d_final, first[-1], first),
+            (d_final, first[-1], _merged(first)),
             (jnp.arange(len(first)), d_ys, states_prev, rest, h_raws, mask),
             reverse=True,
             unroll=unroll,
         )
+        d_xp = d_xp.reshape(first.shape)
     d_hh = d_xp if d_hh is None else d_hh
     # The weight gradients: one large matmul over all time steps each, per direction on
     # (T * B, features) slabs so that no operand needs a transpose first.
