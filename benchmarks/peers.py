@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 import functools
+import multiprocessing
 
 import equinox as eqx
 import flax.linen as nn
+import isolated
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -181,15 +183,46 @@ class _EqxRNNCell(eqx.Module):
         return jnp.tanh(self.ih(x) + self.hh(h))
 
 
+class IsolatedRunner:
+    """`run()` of a jaxrnn layer living in a process of its own (see isolated.py); the time of a
+    call includes a round trip through a pipe (tens of microseconds)."""
+
+    def __init__(self, module: torch.nn.Module, x, backward: bool, implementation: str):
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        state_dict = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+        nonlinearity = getattr(module, "nonlinearity", "tanh")
+        self.process = context.Process(
+            target=isolated.serve, args=(child, state_dict, nonlinearity, x, backward, implementation), daemon=True
+        )
+        self.process.start()
+        self.connection.recv()  # compiled
+
+    def __call__(self):
+        self.connection.send("run")
+        self.connection.recv()
+
+    def close(self):
+        self.connection.send("stop")
+        self.process.join()
+
+
+def onednn_runner(module: torch.nn.Module, x, lengths, backward: bool):
+    """jaxrnn's `implementation="onednn"` where it applies (no `seq_lengths`), in a process
+    without torch (see isolated.py)."""
+    return None if lengths is not None else IsolatedRunner(module, x, backward, "onednn")
+
+
+# Every name starting with "jaxrnn" is one of jaxrnn's implementations; the rest are its peers.
 PEERS = {
     "torch": torch_runner,
     "jaxrnn": jaxrnn_runner,
+    "jaxrnn onednn": onednn_runner,
     "flax": flax_runner,
     "equinox": equinox_runner,
 }
 
-# On a GPU: torch with cuDNN, JAX's cuDNN LSTM, and jaxrnn's other implementations as peers of
-# its default one.
+# On a GPU: torch with cuDNN, JAX's cuDNN LSTM, and jaxrnn's GPU implementations.
 GPU_PEERS = {
     "torch": functools.partial(torch_runner, device="cuda"),
     "jaxrnn": jaxrnn_runner,

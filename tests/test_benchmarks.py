@@ -15,5 +15,6 @@ def test_quick_benchmark_writes_results(tmp_path):
         check=True, capture_output=True,
     )
     table = (tmp_path / "RESULTS.md").read_text()
-    assert "| LSTM 4/20/16 fwd+bwd |" in table and "| torch |" in table
+    assert "| LSTM 4/20/16 fwd+bwd |" in table
+    assert "| jaxrnn / torch | 1 |" in table and "| jaxrnn onednn / torch | 1 |" in table
     assert (tmp_path / "results.png").stat().st_size > 1000

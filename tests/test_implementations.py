@@ -5,6 +5,7 @@
   are built here too, without a device, to prove that they compile to a kernel at all.
 - "cudnn": everything but the cuDNN call itself (weight packing, layout, lengths, states) runs
   against torch, with `jax.experimental.rnn`'s reference LSTM standing in for cuDNN.
+- "onednn": oneDNN's own CPU kernels, run here, against torch on every configuration they cover.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from test_parity import check_layer_against_torch
 
 import jaxrnn
 from jaxrnn import functional as F
-from jaxrnn.functional import RecurrentSpec, _cudnn, _pallas
+from jaxrnn.functional import RecurrentSpec, _cudnn, _onednn, _pallas
 
 PALLAS_ROWS = covering_rows(dict(OPTIONS, backward=["fused", "remat"]), FRONTENDS, strength=2)
 
@@ -59,6 +60,37 @@ def test_cudnn_path_matches_torch(row, rng, monkeypatch):
     check_layer_against_torch(row, rng, implementation="cudnn")
 
 
+ONEDNN_OPTIONS = dict(OPTIONS, proj=[False], seq_lengths=[False], dtype=["float32"], backward=["fused"])
+
+
+@pytest.mark.parametrize("row", covering_rows(ONEDNN_OPTIONS, FRONTENDS, strength=2), ids=row_id)
+def test_onednn_matches_torch(row, rng):
+    check_layer_against_torch(row, rng, implementation="onednn")
+
+
+def test_onednn_residuals_serve_one_backward():
+    """The forward's workspace stays host-side and goes back to the pool after one backward."""
+    params, x = _lstm_params(), X
+    _, vjp = jax.vjp(lambda p: F.lstm(p, x, implementation="onednn")[0], params)
+    cotangent = jnp.ones((3, 2, 8), jnp.float32)
+    jax.block_until_ready(vjp(cotangent))
+    with pytest.raises(Exception, match="a forward pass serves one backward pass"):
+        jax.block_until_ready(vjp(cotangent))
+
+
+def test_onednn_missing_package_is_named(monkeypatch):
+    def missing(name):
+        raise _onednn.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(_onednn.metadata, "distribution", missing)
+    _onednn._onednn.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=r"pip install 'jaxrnn\[onednn\]'"):
+            _onednn._onednn()
+    finally:
+        _onednn._onednn.cache_clear()
+
+
 def _lstm_params(**kw):
     return RecurrentSpec("lstm", 4, 8, **kw).init(jax.random.key(0), jnp.float32)
 
@@ -72,6 +104,10 @@ X = jnp.ones((3, 2, 4), jnp.float32)
         (dict(implementation="cuda"), "implementation must be one of"),
         (dict(implementation="pallas", fused_backward=False), "fused_backward=False needs 'xla'"),
         (dict(implementation="cudnn", remat=True), "remat needs 'xla' or 'pallas'"),
+        (dict(implementation="onednn", fused_backward=False), "fused_backward=False needs 'xla'"),
+        (dict(implementation="onednn", remat=True), r"'onednn' does not support remat"),
+        (dict(implementation="onednn", seq_lengths=jnp.array([3, 2])), r"'onednn' does not support seq_lengths"),
+        (dict(implementation="onednn", dtype=jnp.float64), r"'onednn' does not support dtype float64 \(float32 only\)"),
     ],
 )
 def test_bad_implementation_options(kwargs, message):

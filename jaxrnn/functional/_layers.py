@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from . import _cudnn
+from . import _cudnn, _onednn
 from ._checks import check_dropout, check_hx, check_lengths, check_x
 from ._math import LSTMState
 from ._pallas import recurrence_pallas
@@ -36,7 +36,7 @@ def _dropout(x, rate: float, key: jax.Array):
 
 # The options of `run_layer` that the Linen and NNX layers hold as attributes of the same names.
 LAYER_OPTIONS = ("batch_first", "dropout", "dtype", "precision", "unroll", "fused_backward", "remat", "implementation")
-IMPLEMENTATIONS = (None, "xla", "pallas", "cudnn")
+IMPLEMENTATIONS = (None, "xla", "pallas", "cudnn", "onednn")
 
 
 def _layer_weights(spec: RecurrentSpec, params: Params, layer: int) -> LoopWeights:
@@ -103,7 +103,7 @@ def run_layer(
     check_dropout(dropout)
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-    if implementation in ("pallas", "cudnn") and not fused_backward:
+    if implementation in ("pallas", "cudnn", "onednn") and not fused_backward:
         raise ValueError(
             f"implementation={implementation!r} has its own backward pass; fused_backward=False needs 'xla'"
         )
@@ -138,7 +138,9 @@ def run_layer(
         _cudnn.check_supported(spec, dtype, dropout_key is not None and dropout > 0 and spec.num_layers > 1)
         x, state = _cudnn.run_stack(spec, params, x, state0, lengths, precision, _cudnn.lstm_kernel())
     else:
-        fused = recurrence_pallas if implementation == "pallas" else recurrence
+        if implementation == "onednn":
+            _onednn.check_supported(spec, dtype, lengths, chunk)
+        fused = {"pallas": recurrence_pallas, "onednn": _onednn.recurrence_onednn}.get(implementation, recurrence)
         loop = functools.partial(
             fused if fused_backward else recurrence_autodiff,
             (spec.kind, spec.nonlinearity),

@@ -1,0 +1,329 @@
+"""oneDNN's fused RNN primitives on the CPU: `implementation="onednn"`.
+
+These are the kernels torch's own CPU LSTM runs. XLA:CPU runs each step of a `lax.scan` on one
+core; oneDNN spreads every step over all of them, which is where torch's CPU LSTM gets its
+speed. Each direction of each layer is one host call into oneDNN's C API (through ctypes, so
+nothing is compiled at install time):
+
+- forward inference when no gradient is taken;
+- under differentiation, forward training, whose workspace (every step's gates and states) stays
+  on the host side: it is too large to copy into XLA's buffers at no cost. The backward call
+  takes it by a handle the forward returned and gives it back to a pool for reuse.
+
+A forward taken under differentiation keeps its workspace until its backward runs; a backward
+that never runs (a `jax.vjp` whose function is never called) leaves it held. `vmap`,
+forward-mode differentiation and `jax.export` do not go through host calls; use "xla" there.
+
+The weights arrive as the loop's (`LoopWeights`, `(I, G*H)` per direction), which is oneDNN's
+`ldigo` layout for the forward; its backward takes torch's own `(G*H, I)` (`ldgoi`). GRU is
+oneDNN's linear-before-reset GRU, torch's formulation, with the gates in oneDNN's order
+(update, reset, candidate). Needs the `onednn-cpu-gomp` package (`pip install "jaxrnn[onednn]"`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import functools
+import itertools
+import threading
+from importlib import metadata
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import io_callback
+
+from ._spec import RecurrentSpec
+
+DISTRIBUTION = "onednn-cpu-gomp"
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+GRU_ORDER = [1, 0, 2]  # torch's (reset, update, candidate) as oneDNN's (update, reset, candidate)
+
+# From oneDNN 3.2's dnnl_types.h.
+_F32, _TNC, _LDNC, _LDIGO, _LDGOI, _LDGO = 3, 4, 5, 6, 31, 5
+_FORWARD_TRAINING, _FORWARD_INFERENCE, _BACKWARD = 64, 96, 128
+_LEFT2RIGHT, _CPU, _IN_ORDER = 1, 1, 1
+_ACTIVATION = {"tanh": 33, "relu": 32}
+_QUERY_WORKSPACE, _QUERY_SCRATCHPAD, _QUERY_ARG, _SCRATCHPAD_USER = 135, 136, 255, 1
+_DIFF_WEIGHTS_OVERWRITE = 1
+# Execution argument ids; the gradient of argument `a` is `a + DIFF`.
+SRC, SRC_ITER, SRC_ITER_C, DST, DST_ITER, DST_ITER_C = 1, 2, 3, 17, 18, 19
+W_LAYER, W_ITER, BIAS, WORKSPACE, SCRATCHPAD, DIFF = 33, 34, 41, 64, 80, 128
+
+
+def check_supported(spec: RecurrentSpec, dtype, lengths, chunk) -> None:
+    reasons = [
+        f"the {jax.default_backend()!r} backend (CPU only)" if jax.default_backend() != "cpu" else None,
+        f"dtype {jnp.dtype(dtype).name} (float32 only)" if jnp.dtype(dtype) != jnp.float32 else None,
+        f"proj_size={spec.proj_size}" if spec.proj_size else None,
+        "seq_lengths (oneDNN has no per-sequence lengths)" if lengths is not None else None,
+        "remat (oneDNN keeps its own residuals)" if chunk is not None else None,
+    ]
+    reasons = [r for r in reasons if r]
+    if reasons:
+        raise ValueError(f"implementation='onednn' does not support {', '.join(reasons)}; use implementation='xla'")
+
+
+class _Arg(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_int), ("memory", ctypes.c_void_p)]
+
+
+class _OneDNN:
+    """The library, one CPU engine and stream, the primitives made so far, the workspace pool."""
+
+    def __init__(self):
+        try:
+            files = metadata.distribution(DISTRIBUTION).files or []
+        except metadata.PackageNotFoundError:
+            raise ValueError(
+                f"implementation='onednn' needs oneDNN: pip install 'jaxrnn[onednn]' (the {DISTRIBUTION} package)"
+            ) from None
+        path = next(f for f in files if f.name.startswith("libdnnl.so"))
+        self.lib = lib = ctypes.CDLL(str(path.locate()))
+        lib.dnnl_primitive_desc_query_md.restype = ctypes.c_void_p
+        lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
+        self.engine, self.stream = ctypes.c_void_p(), ctypes.c_void_p()
+        self.check(lib.dnnl_engine_create(ctypes.byref(self.engine), _CPU, ctypes.c_size_t(0)))
+        self.check(lib.dnnl_stream_create(ctypes.byref(self.stream), self.engine, _IN_ORDER))
+        # A scratchpad passed in by the caller: the library's own is per thread, and XLA calls back
+        # from whichever thread it likes (a primitive made on one crashed when run on another).
+        self.attr = ctypes.c_void_p()
+        self.check(lib.dnnl_primitive_attr_create(ctypes.byref(self.attr)))
+        self.check(lib.dnnl_primitive_attr_set_scratchpad_mode(self.attr, _SCRATCHPAD_USER))
+        self.scratchpad = _empty(0, np.uint8)
+        self.lock = threading.Lock()
+        # oneDNN runs on one thread of its own: XLA calls back from any of its threads, each of
+        # which would get an OpenMP team of its own, and with more OpenMP threads than cores
+        # OpenMP stops spinning at its barriers (an LSTM step has several): 21 ms instead of 9
+        # for an LSTM forward at B=32, T=100, H=128.
+        self.thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onednn")
+        self.handles = itertools.count()
+        self.workspaces: dict[int, np.ndarray] = {}  # handle -> the workspace of one forward
+        self.free: dict[int, list[np.ndarray]] = {}  # size -> workspaces to reuse (no page faults)
+
+    @staticmethod
+    def check(status: int) -> None:
+        if status != 0:
+            raise RuntimeError(f"oneDNN call failed with status {status}")
+
+    def desc(self, dims, tag) -> ctypes.c_void_p:
+        md = ctypes.c_void_p()
+        self.check(self.lib.dnnl_memory_desc_create_with_tag(
+            ctypes.byref(md), len(dims), (ctypes.c_int64 * 12)(*dims), _F32, tag))
+        return md
+
+    def primitive(self, create, *args) -> tuple[ctypes.c_void_p, ctypes.c_void_p]:
+        pd, prim = ctypes.c_void_p(), ctypes.c_void_p()
+        self.check(create(ctypes.byref(pd), self.engine, *args))
+        self.check(self.lib.dnnl_primitive_create(ctypes.byref(prim), pd))
+        return pd, prim
+
+    def desc_of(self, pd, query: int, index: int = 0) -> ctypes.c_void_p:
+        return ctypes.c_void_p(self.lib.dnnl_primitive_desc_query_md(pd, query, index))
+
+    def size(self, pd, query: int, index: int = 0) -> int:
+        return self.lib.dnnl_memory_desc_get_size(self.desc_of(pd, query, index))
+
+    def execute(self, pd, prim, arrays: dict[int, np.ndarray]) -> None:
+        """Run `prim` on `arrays` by execution argument id, each checked against its size. The
+        caller holds `lock`."""
+        scratchpad = self.size(pd, _QUERY_SCRATCHPAD)
+        if self.scratchpad.nbytes < scratchpad:
+            self.scratchpad = _empty(scratchpad, np.uint8)
+        arrays = arrays | {SCRATCHPAD: self.scratchpad[:scratchpad]}
+        memories = []
+        try:
+            for arg, array in arrays.items():
+                md = self.desc_of(pd, _QUERY_ARG, arg)
+                expected = self.lib.dnnl_memory_desc_get_size(md)
+                if array.nbytes != expected or not array.flags.c_contiguous:
+                    raise RuntimeError(f"oneDNN argument {arg}: {array.nbytes} bytes given, {expected} expected")
+                memory = ctypes.c_void_p()
+                self.check(self.lib.dnnl_memory_create(
+                    ctypes.byref(memory), md, self.engine, ctypes.c_void_p(array.ctypes.data)))
+                memories.append((arg, memory))
+            args = (_Arg * len(memories))(*[_Arg(arg, memory) for arg, memory in memories])
+
+            def run():
+                self.check(self.lib.dnnl_primitive_execute(prim, self.stream, len(memories), args))
+                self.check(self.lib.dnnl_stream_wait(self.stream))
+
+            self.thread.submit(run).result()
+        finally:
+            for _, memory in memories:
+                self.lib.dnnl_memory_destroy(memory)
+
+
+@functools.cache
+def _onednn() -> _OneDNN:
+    return _OneDNN()
+
+
+@functools.cache
+def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, training: bool):
+    """(forward pd, primitive, workspace bytes), and the backward's (pd, primitive) in training."""
+    dnn = _onednn()
+    lib = dnn.lib
+    G = GATES[kind]
+    src, state, dst = dnn.desc([T, B, I], _TNC), dnn.desc([1, 1, B, H], _LDNC), dnn.desc([T, B, H], _TNC)
+    bias = dnn.desc([1, 1, G + (kind == "gru"), H], _LDGO)
+    weights = {tag: (dnn.desc([1, 1, I, G, H], tag), dnn.desc([1, 1, H, G, H], tag)) for tag in (_LDIGO, _LDGOI)}
+
+    def args(w, *diff):
+        """A kind's descriptor arguments: the forward's, then (backward) those of the gradients."""
+        mds = [(src, state, w, bias, dst, state), *diff]
+        if kind == "lstm":
+            return [a for s, i, (wl, wi), b, d, o in mds for a in (s, i, i, wl, wi, None, None, b, d, o, o)]
+        return [a for s, i, (wl, wi), b, d, o in mds for a in (s, i, wl, wi, b, d, o)]
+
+    rnn = (_ACTIVATION[activation],) if kind == "rnn" else ()
+    alpha_beta = (ctypes.c_float(0), ctypes.c_float(0)) if kind == "rnn" else ()
+    name = {"lstm": "lstm", "gru": "lbr_gru", "rnn": "vanilla_rnn"}[kind]
+    prop = _FORWARD_TRAINING if training else _FORWARD_INFERENCE
+    forward = dnn.primitive(
+        getattr(lib, f"dnnl_{name}_forward_primitive_desc_create"),
+        prop, *rnn, _LEFT2RIGHT, *args(weights[_LDIGO]), 0, *alpha_beta, dnn.attr,
+    )
+    if not training:
+        return forward, 0, None
+    workspace = dnn.size(forward[0], _QUERY_WORKSPACE)
+    backward = dnn.primitive(
+        getattr(lib, f"dnnl_{name}_backward_primitive_desc_create"),
+        _BACKWARD, *rnn, _LEFT2RIGHT, *args(weights[_LDGOI], (src, state, weights[_LDIGO], bias, dst, state)),
+        _DIFF_WEIGHTS_OVERWRITE, *alpha_beta, forward[0], dnn.attr,
+    )
+    return forward, workspace, backward
+
+
+def _host_forward(kind, activation, training, w_layer, w_iter, bias, x, *state):
+    """Host side of the forward: `(y, final state..., [workspace handle])` as numpy arrays."""
+    x, state = np.asarray(x), [np.asarray(s) for s in state]
+    T, B, I = x.shape
+    H = w_iter.shape[0]
+    y, final = _empty((T, B, H)), [_empty((B, H)) for _ in state]
+    arrays = {SRC: x, W_LAYER: np.asarray(w_layer), W_ITER: np.asarray(w_iter), BIAS: np.asarray(bias), DST: y}
+    arrays |= dict(zip((SRC_ITER, SRC_ITER_C), state)) | dict(zip((DST_ITER, DST_ITER_C), final))  # h, then c
+    dnn = _onednn()
+    with dnn.lock:  # XLA may run independent callbacks (two directions) at once
+        (pd, prim), workspace_bytes, _ = _primitives(kind, activation, T, B, I, H, training)
+        if not training:
+            dnn.execute(pd, prim, arrays)
+            return (y, *final)
+        pool = dnn.free.setdefault(workspace_bytes, [])
+        workspace = pool.pop() if pool else _empty(workspace_bytes, np.uint8)
+        dnn.execute(pd, prim, arrays | {WORKSPACE: workspace})
+        handle = next(dnn.handles) % 2**31
+        dnn.workspaces[handle] = workspace
+    return (y, *final, np.int32(handle))
+
+
+def _host_backward(kind, activation, n, w_layer, w_iter, bias, x, y, handle, *rest):
+    """Host side of the backward: `(dx, d_state0..., d_w_layer, d_w_iter, d_bias)`.
+
+    `rest` is the initial state, the final state (`n` arrays each), `d_y` and `d_final` (`n`).
+    """
+    x, y, *rest = (np.asarray(a) for a in (x, y, *rest))
+    state, final, d_y, d_final = rest[:n], rest[n : 2 * n], rest[2 * n], rest[2 * n + 1 :]
+    T, B, I = x.shape
+    H, G = w_iter.shape[0], GATES[kind]
+
+    def torch_layout(w):  # ldigo (in, G, H) -> ldgoi (G, H, in)
+        out = _empty((G, H, w.shape[0]))
+        out[...] = np.asarray(w).transpose(1, 2, 0)
+        return out
+
+    d_x, d_state = _empty(x.shape), [_empty((B, H)) for _ in state]
+    d_layer, d_iter, d_bias = _empty((I, G, H)), _empty((H, G, H)), _empty(np.shape(bias))
+    arrays = {
+        SRC: x, W_LAYER: torch_layout(w_layer), W_ITER: torch_layout(w_iter), BIAS: np.asarray(bias), DST: y,
+        DIFF + SRC: d_x, DIFF + W_LAYER: d_layer, DIFF + W_ITER: d_iter, DIFF + BIAS: d_bias, DIFF + DST: d_y,
+    }
+    for first, group in ((SRC_ITER, state), (DST_ITER, final), (DIFF + SRC_ITER, d_state), (DIFF + DST_ITER, d_final)):
+        arrays |= dict(zip((first, first + 1), group))  # h, then LSTM's c
+    dnn = _onednn()
+    with dnn.lock:
+        _, _, (pd, prim) = _primitives(kind, activation, T, B, I, H, True)
+        workspace = dnn.workspaces.pop(int(handle), None)
+        if workspace is None:
+            raise RuntimeError(
+                "implementation='onednn': this forward's residuals were already used; a forward pass "
+                "serves one backward pass (use implementation='xla' to differentiate it again)"
+            )
+        try:
+            dnn.execute(pd, prim, arrays | {WORKSPACE: workspace})
+        finally:
+            dnn.free[workspace.nbytes].append(workspace)
+    return (d_x, *d_state, d_layer, d_iter, d_bias)
+
+
+def _empty(shape, dtype=np.float32) -> np.ndarray:
+    """An uninitialised array on a 64-byte boundary, as oneDNN's kernels store to it."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def _shapes(*arrays):
+    return tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in arrays)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _direction(kind, activation, w_layer, w_iter, bias, x, state):
+    """One direction of one layer: `x` `(T, B, I)`, `state` a tuple of `(B, H)` -> `(y, final)`."""
+    y, *final = jax.pure_callback(
+        functools.partial(_host_forward, kind, activation, False),
+        _shapes(jax.ShapeDtypeStruct(x.shape[:2] + w_iter.shape[:1], jnp.float32), *state),
+        w_layer, w_iter, bias, x, *state,
+    )
+    return y, tuple(final)
+
+
+def _direction_fwd(kind, activation, w_layer, w_iter, bias, x, state):
+    y_shape = jax.ShapeDtypeStruct(x.shape[:2] + w_iter.shape[:1], jnp.float32)
+    y, *final, handle = io_callback(
+        functools.partial(_host_forward, kind, activation, True),
+        (*_shapes(y_shape, *state), jax.ShapeDtypeStruct((), jnp.int32)),
+        w_layer, w_iter, bias, x, *state,
+    )
+    final = tuple(final)
+    return (y, final), (w_layer, w_iter, bias, x, state, y, final, handle)
+
+
+def _direction_bwd(kind, activation, residuals, cotangents):
+    w_layer, w_iter, bias, x, state, y, final, handle = residuals
+    d_y, d_final = cotangents
+    d_x, *d_state, d_layer, d_iter, d_bias = io_callback(
+        functools.partial(_host_backward, kind, activation, len(state)),
+        _shapes(x, *state, w_layer, w_iter, bias),
+        w_layer, w_iter, bias, x, y, handle, *state, *final, d_y, *d_final,
+    )
+    return d_layer, d_iter, d_bias, d_x, tuple(d_state)
+
+
+_direction.defvjp(_direction_fwd, _direction_bwd)
+
+
+def _kernel_weights(kind: str, w, d: int):
+    """Direction `d` of `LoopWeights` as oneDNN's `(I, G, H)`, `(H, G, H)` and bias `(G', H)`."""
+    G, H = GATES[kind], w.whh.shape[1]
+    w_layer, w_iter = (a[d].reshape(a.shape[1], G, H) for a in (w.wih, w.whh))
+    zeros = jnp.zeros((G, H), w_iter.dtype)
+    b_ih = zeros if w.bih is None else w.bih[d].reshape(G, H)
+    if kind != "gru":
+        return w_layer, w_iter, b_ih  # b_hh is folded into b_ih (see `_layer_weights`)
+    b_hh = zeros if w.bhh is None else w.bhh[d].reshape(G, H)
+    bias = jnp.stack([b_ih[1] + b_hh[1], b_ih[0] + b_hh[0], b_ih[2], b_hh[2]])
+    return w_layer[:, GRU_ORDER], w_iter[:, GRU_ORDER], bias
+
+
+def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask):
+    """`recurrence`'s contract (see `_recurrence`), run by oneDNN one direction at a time."""
+    kind, activation = math_key
+    ys, finals = [], []
+    for d in range(xs.shape[1]):
+        y, final = _direction(kind, activation, *_kernel_weights(kind, w, d), xs[:, d], tuple(s[d] for s in state0))
+        ys.append(y)
+        finals.append(final)
+    return jnp.stack(ys, 1), tuple(jnp.stack(parts) for parts in zip(*finals))
