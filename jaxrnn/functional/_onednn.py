@@ -22,6 +22,7 @@ oneDNN's linear-before-reset GRU, torch's formulation, with the gates in oneDNN'
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import ctypes
 import functools
@@ -37,6 +38,7 @@ from jax.experimental import io_callback
 from ._spec import RecurrentSpec
 
 DISTRIBUTION = "onednn-cpu-gomp"
+POOL_BYTES = 2**30
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 GRU_ORDER = [1, 0, 2]  # torch's (reset, update, candidate) as oneDNN's (update, reset, candidate)
 
@@ -100,7 +102,21 @@ class _OneDNN:
         self.thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onednn")
         self.handles = itertools.count()
         self.workspaces: dict[int, np.ndarray] = {}  # handle -> the workspace of one forward
-        self.free: dict[int, list[np.ndarray]] = {}  # size -> workspaces to reuse (no page faults)
+        # Workspaces a backward gave back, reused by size so that no call faults them in afresh;
+        # the oldest go beyond POOL_BYTES (shapes change, and each shape has its size).
+        self.free: collections.deque[np.ndarray] = collections.deque()
+
+    def take_workspace(self, nbytes: int) -> np.ndarray:
+        for i, workspace in enumerate(self.free):
+            if workspace.nbytes == nbytes:
+                del self.free[i]  # by position: `remove` would compare arrays by value
+                return workspace
+        return _empty(nbytes, np.uint8)
+
+    def give_back(self, workspace: np.ndarray) -> None:
+        self.free.append(workspace)
+        while sum(w.nbytes for w in self.free) > POOL_BYTES:
+            self.free.popleft()
 
     @staticmethod
     def check(status: int) -> None:
@@ -210,8 +226,7 @@ def _host_forward(kind, activation, training, w_layer, w_iter, bias, x, *state):
         if not training:
             dnn.execute(pd, prim, arrays)
             return (y, *final)
-        pool = dnn.free.setdefault(workspace_bytes, [])
-        workspace = pool.pop() if pool else _empty(workspace_bytes, np.uint8)
+        workspace = dnn.take_workspace(workspace_bytes)
         dnn.execute(pd, prim, arrays | {WORKSPACE: workspace})
         handle = next(dnn.handles) % 2**31
         dnn.workspaces[handle] = workspace
@@ -253,7 +268,7 @@ def _host_backward(kind, activation, n, w_layer, w_iter, bias, x, y, handle, *re
         try:
             dnn.execute(pd, prim, arrays | {WORKSPACE: workspace})
         finally:
-            dnn.free[workspace.nbytes].append(workspace)
+            dnn.give_back(workspace)
     return (d_x, *d_state, d_layer, d_iter, d_bias)
 
 
