@@ -214,11 +214,11 @@ def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, trai
 
 def _host_forward(kind, activation, training, w_layer, w_iter, bias, x, *state):
     """Host side of the forward: `(y, final state..., [workspace handle])` as numpy arrays."""
-    x, state = np.asarray(x), [np.asarray(s) for s in state]
+    x, state = _host(x), [_host(s) for s in state]
     T, B, I = x.shape
     H = w_iter.shape[0]
     y, final = _empty((T, B, H)), [_empty((B, H)) for _ in state]
-    arrays = {SRC: x, W_LAYER: np.asarray(w_layer), W_ITER: np.asarray(w_iter), BIAS: np.asarray(bias), DST: y}
+    arrays = {SRC: x, W_LAYER: _host(w_layer), W_ITER: _host(w_iter), BIAS: _host(bias), DST: y}
     arrays |= dict(zip((SRC_ITER, SRC_ITER_C), state)) | dict(zip((DST_ITER, DST_ITER_C), final))  # h, then c
     dnn = _onednn()
     with dnn.lock:  # XLA may run independent callbacks (two directions) at once
@@ -238,20 +238,20 @@ def _host_backward(kind, activation, n, w_layer, w_iter, bias, x, y, handle, *re
 
     `rest` is the initial state, the final state (`n` arrays each), `d_y` and `d_final` (`n`).
     """
-    x, y, *rest = (np.asarray(a) for a in (x, y, *rest))
+    x, y, *rest = (_host(a) for a in (x, y, *rest))
     state, final, d_y, d_final = rest[:n], rest[n : 2 * n], rest[2 * n], rest[2 * n + 1 :]
     T, B, I = x.shape
     H, G = w_iter.shape[0], GATES[kind]
 
     def torch_layout(w):  # ldigo (in, G, H) -> ldgoi (G, H, in)
         out = _empty((G, H, w.shape[0]))
-        out[...] = np.asarray(w).transpose(1, 2, 0)
+        out[...] = _host(w).transpose(1, 2, 0)
         return out
 
     d_x, d_state = _empty(x.shape), [_empty((B, H)) for _ in state]
     d_layer, d_iter, d_bias = _empty((I, G, H)), _empty((H, G, H)), _empty(np.shape(bias))
     arrays = {
-        SRC: x, W_LAYER: torch_layout(w_layer), W_ITER: torch_layout(w_iter), BIAS: np.asarray(bias), DST: y,
+        SRC: x, W_LAYER: torch_layout(w_layer), W_ITER: torch_layout(w_iter), BIAS: _host(bias), DST: y,
         DIFF + SRC: d_x, DIFF + W_LAYER: d_layer, DIFF + W_ITER: d_iter, DIFF + BIAS: d_bias, DIFF + DST: d_y,
     }
     for first, group in ((SRC_ITER, state), (DST_ITER, final), (DIFF + SRC_ITER, d_state), (DIFF + DST_ITER, d_final)):
@@ -270,6 +270,11 @@ def _host_backward(kind, activation, n, w_layer, w_iter, bias, x, y, handle, *re
         finally:
             dnn.give_back(workspace)
     return (d_x, *d_state, d_layer, d_iter, d_bias)
+
+
+def _host(a) -> np.ndarray:
+    """A callback's argument as numpy without a copy (`np.asarray` copied: 1 ms for 1.6 MB)."""
+    return np.from_dlpack(a)
 
 
 def _empty(shape, dtype=np.float32) -> np.ndarray:
