@@ -43,7 +43,7 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 GRU_ORDER = [1, 0, 2]  # torch's (reset, update, candidate) as oneDNN's (update, reset, candidate)
 
 # From oneDNN 3.2's dnnl_types.h.
-_F32, _TNC, _LDNC, _LDIGO, _LDGOI, _LDGO = 3, 4, 5, 6, 31, 5
+_F32, _ANY, _TNC, _LDNC, _LDIGO, _LDGOI, _LDGO = 3, 1, 4, 5, 6, 31, 5
 _FORWARD_TRAINING, _FORWARD_INFERENCE, _BACKWARD = 64, 96, 128
 _LEFT2RIGHT, _CPU, _IN_ORDER = 1, 1, 1
 _ACTIVATION = {"tanh": 33, "relu": 32}
@@ -105,6 +105,13 @@ class _OneDNN:
         # Workspaces a backward gave back, reused by size so that no call faults them in afresh;
         # the oldest go beyond POOL_BYTES (shapes change, and each shape has its size).
         self.free: collections.deque[np.ndarray] = collections.deque()
+        self.packs: dict[int, np.ndarray] = {}  # argument id -> buffer of packed weights
+
+    def packed(self, arg: int, nbytes: int) -> np.ndarray:
+        """A buffer for packed weights, reused from call to call (the caller holds `lock`)."""
+        if self.packs.get(arg, _empty(0, np.uint8)).nbytes < nbytes:
+            self.packs[arg] = _empty(nbytes, np.uint8)
+        return self.packs[arg][:nbytes]
 
     def take_workspace(self, nbytes: int) -> np.ndarray:
         for i, workspace in enumerate(self.free):
@@ -130,8 +137,9 @@ class _OneDNN:
         return md
 
     def primitive(self, create, *args) -> tuple[ctypes.c_void_p, ctypes.c_void_p]:
+        """`create(&pd, *args)`, then the primitive of that descriptor."""
         pd, prim = ctypes.c_void_p(), ctypes.c_void_p()
-        self.check(create(ctypes.byref(pd), self.engine, *args))
+        self.check(create(ctypes.byref(pd), *args))
         self.check(self.lib.dnnl_primitive_create(ctypes.byref(prim), pd))
         return pd, prim
 
@@ -196,16 +204,24 @@ def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, trai
     rnn = (_ACTIVATION[activation],) if kind == "rnn" else ()
     alpha_beta = (ctypes.c_float(0), ctypes.c_float(0)) if kind == "rnn" else ()
     name = {"lstm": "lstm", "gru": "lbr_gru", "rnn": "vanilla_rnn"}[kind]
-    prop = _FORWARD_TRAINING if training else _FORWARD_INFERENCE
+    # Inference takes the weights in oneDNN's packed layout of choice, reordered each call (they
+    # may change between calls); training takes them as they come.
+    any_ = (dnn.desc([1, 1, I, G, H], _ANY), dnn.desc([1, 1, H, G, H], _ANY))
     forward = dnn.primitive(
-        getattr(lib, f"dnnl_{name}_forward_primitive_desc_create"),
-        prop, *rnn, _LEFT2RIGHT, *args(weights[_LDIGO]), 0, *alpha_beta, dnn.attr,
+        getattr(lib, f"dnnl_{name}_forward_primitive_desc_create"), dnn.engine,
+        _FORWARD_TRAINING if training else _FORWARD_INFERENCE, *rnn, _LEFT2RIGHT,
+        *args(weights[_LDIGO] if training else any_), 0, *alpha_beta, dnn.attr,
     )
     if not training:
-        return forward, 0, None
+        packs = {
+            arg: dnn.primitive(lib.dnnl_reorder_primitive_desc_create, plain, dnn.engine,
+                               dnn.desc_of(forward[0], _QUERY_ARG, arg), dnn.engine, dnn.attr)
+            for arg, plain in zip((W_LAYER, W_ITER), weights[_LDIGO])
+        }
+        return forward, 0, packs
     workspace = dnn.size(forward[0], _QUERY_WORKSPACE)
     backward = dnn.primitive(
-        getattr(lib, f"dnnl_{name}_backward_primitive_desc_create"),
+        getattr(lib, f"dnnl_{name}_backward_primitive_desc_create"), dnn.engine,
         _BACKWARD, *rnn, _LEFT2RIGHT, *args(weights[_LDGOI], (src, state, weights[_LDIGO], bias, dst, state)),
         _DIFF_WEIGHTS_OVERWRITE, *alpha_beta, forward[0], dnn.attr,
     )
@@ -222,8 +238,12 @@ def _host_forward(kind, activation, training, w_layer, w_iter, bias, x, *state):
     arrays |= dict(zip((SRC_ITER, SRC_ITER_C), state)) | dict(zip((DST_ITER, DST_ITER_C), final))  # h, then c
     dnn = _onednn()
     with dnn.lock:  # XLA may run independent callbacks (two directions) at once
-        (pd, prim), workspace_bytes, _ = _primitives(kind, activation, T, B, I, H, training)
+        (pd, prim), workspace_bytes, packs = _primitives(kind, activation, T, B, I, H, training)
         if not training:
+            for arg, (pack_pd, pack) in packs.items():
+                packed = dnn.packed(arg, dnn.size(pack_pd, _QUERY_ARG, DST))
+                dnn.execute(pack_pd, pack, {SRC: arrays[arg], DST: packed})
+                arrays[arg] = packed
             dnn.execute(pd, prim, arrays)
             return (y, *final)
         workspace = dnn.take_workspace(workspace_bytes)
