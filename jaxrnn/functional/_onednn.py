@@ -253,25 +253,20 @@ def _host_forward(kind, activation, training, w_layer, w_iter, bias, x, *state):
     return (y, *final, np.int32(handle))
 
 
-def _host_backward(kind, activation, n, w_layer, w_iter, bias, x, y, handle, *rest):
-    """Host side of the backward: `(dx, d_state0..., d_w_layer, d_w_iter, d_bias)`.
+def _host_backward(kind, activation, n, w_layer_t, w_iter_t, bias, x, y, handle, *rest):
+    """Host side of the backward: `(dx, d_state0..., d_w_layer, d_w_iter, d_bias)`, the weights
+    given in torch's layout, `(G, H, in)` (oneDNN's `ldgoi`).
 
     `rest` is the initial state, the final state (`n` arrays each), `d_y` and `d_final` (`n`).
     """
     x, y, *rest = (_host(a) for a in (x, y, *rest))
     state, final, d_y, d_final = rest[:n], rest[n : 2 * n], rest[2 * n], rest[2 * n + 1 :]
     T, B, I = x.shape
-    H, G = w_iter.shape[0], GATES[kind]
-
-    def torch_layout(w):  # ldigo (in, G, H) -> ldgoi (G, H, in)
-        out = _empty((G, H, w.shape[0]))
-        out[...] = _host(w).transpose(1, 2, 0)
-        return out
-
+    G, H = w_iter_t.shape[:2]
     d_x, d_state = _empty(x.shape), [_empty((B, H)) for _ in state]
     d_layer, d_iter, d_bias = _empty((I, G, H)), _empty((H, G, H)), _empty(np.shape(bias))
     arrays = {
-        SRC: x, W_LAYER: torch_layout(w_layer), W_ITER: torch_layout(w_iter), BIAS: _host(bias), DST: y,
+        SRC: x, W_LAYER: _host(w_layer_t), W_ITER: _host(w_iter_t), BIAS: _host(bias), DST: y,
         DIFF + SRC: d_x, DIFF + W_LAYER: d_layer, DIFF + W_ITER: d_iter, DIFF + BIAS: d_bias, DIFF + DST: d_y,
     }
     for first, group in ((SRC_ITER, state), (DST_ITER, final), (DIFF + SRC_ITER, d_state), (DIFF + DST_ITER, d_final)):
@@ -334,10 +329,11 @@ def _direction_fwd(kind, activation, w_layer, w_iter, bias, x, state):
 def _direction_bwd(kind, activation, residuals, cotangents):
     w_layer, w_iter, bias, x, state, y, final, handle = residuals
     d_y, d_final = cotangents
+    torch_layout = (jnp.transpose(w, (1, 2, 0)) for w in (w_layer, w_iter))  # (G, H, in)
     d_x, *d_state, d_layer, d_iter, d_bias = io_callback(
         functools.partial(_host_backward, kind, activation, len(state)),
         _shapes(x, *state, w_layer, w_iter, bias),
-        w_layer, w_iter, bias, x, y, handle, *state, *final, d_y, *d_final,
+        *torch_layout, bias, x, y, handle, *state, *final, d_y, *d_final,
     )
     return d_layer, d_iter, d_bias, d_x, tuple(d_state)
 
