@@ -14,8 +14,9 @@ A forward taken under differentiation keeps its workspace until its backward run
 that never runs (a `jax.vjp` whose function is never called) leaves it held. `vmap`,
 forward-mode differentiation and `jax.export` do not go through host calls; use "xla" there.
 
-The weights arrive as the loop's (`LoopWeights`, `(I, G*H)` per direction), which is oneDNN's
-`ldigo` layout for the forward; its backward takes torch's own `(G*H, I)` (`ldgoi`). GRU is
+The weights arrive as the loop's (`LoopWeights`, `(I, G*H)` per direction): oneDNN's `ldigo`
+layout, which training's forward takes as it is and inference reorders into oneDNN's packed
+layout each call; the backward takes torch's own `(G*H, I)` (`ldgoi`), transposed by XLA. GRU is
 oneDNN's linear-before-reset GRU, torch's formulation, with the gates in oneDNN's order
 (update, reset, candidate). Needs the `onednn-cpu-gomp` package (`pip install "jaxrnn[onednn]"`).
 """
