@@ -7,6 +7,7 @@ some row, so interactions up to three options are tested without the full produc
 from __future__ import annotations
 
 import itertools
+import platform
 import random
 
 OPTIONS = {
@@ -22,6 +23,10 @@ OPTIONS = {
     "dtype": ["float32", "float64"],
     "backward": ["fused", "autodiff", "remat"],  # custom VJP, autodiff through scan, chunks of 2
 }
+
+
+# implementation="onednn" runs where its wheel exists: x86-64 Linux.
+ONEDNN_PLATFORM = (platform.system(), platform.machine()) == ("Linux", "x86_64")
 
 
 def covering_rows(options: dict[str, list], frontends: list[str], strength: int = 3, seed: int = 0):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from frontends import FRONTENDS
 from jax.experimental import rnn
-from matrix import OPTIONS, covering_rows, row_id
+from matrix import ONEDNN_PLATFORM, OPTIONS, covering_rows, row_id
 from test_parity import check_layer_against_torch
 
 import jaxrnn
@@ -61,13 +61,16 @@ def test_cudnn_path_matches_torch(row, rng, monkeypatch):
 
 
 ONEDNN_OPTIONS = dict(OPTIONS, proj=[False], seq_lengths=[False], dtype=["float32"], backward=["fused"])
+onednn_platform = pytest.mark.skipif(not ONEDNN_PLATFORM, reason="oneDNN's wheel is x86-64 Linux only")
 
 
+@onednn_platform
 @pytest.mark.parametrize("row", covering_rows(ONEDNN_OPTIONS, FRONTENDS, strength=2), ids=row_id)
 def test_onednn_matches_torch(row, rng):
     check_layer_against_torch(row, rng, implementation="onednn")
 
 
+@onednn_platform
 def test_onednn_residuals_serve_one_backward():
     """The forward's workspace stays host-side and goes back to the pool after one backward."""
     params, x = _lstm_params(), X
@@ -78,6 +81,7 @@ def test_onednn_residuals_serve_one_backward():
         jax.block_until_ready(vjp(cotangent))
 
 
+@onednn_platform
 def test_onednn_workspaces_are_reused():
     """Each backward gives its forward's workspace back, and the next forward takes it again."""
     grad = jax.jit(jax.grad(lambda p: F.lstm(p, X, implementation="onednn")[0].sum()))
