@@ -103,7 +103,7 @@ def run_layer(
     check_dropout(dropout)
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-    if implementation in ("pallas", "cudnn", "onednn") and not fused_backward:
+    if implementation not in (None, "xla") and not fused_backward:
         raise ValueError(
             f"implementation={implementation!r} has its own backward pass; fused_backward=False needs 'xla'"
         )

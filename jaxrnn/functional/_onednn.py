@@ -305,22 +305,26 @@ def _shapes(*arrays):
     return tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in arrays)
 
 
+def _forward_shapes(x, w_iter, state):
+    """The forward's outputs: `y` `(T, B, H)` and the final state."""
+    return _shapes(jax.ShapeDtypeStruct(x.shape[:2] + w_iter.shape[:1], jnp.float32), *state)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _direction(kind, activation, w_layer, w_iter, bias, x, state):
     """One direction of one layer: `x` `(T, B, I)`, `state` a tuple of `(B, H)` -> `(y, final)`."""
     y, *final = jax.pure_callback(
         functools.partial(_host_forward, kind, activation, False),
-        _shapes(jax.ShapeDtypeStruct(x.shape[:2] + w_iter.shape[:1], jnp.float32), *state),
+        _forward_shapes(x, w_iter, state),
         w_layer, w_iter, bias, x, *state,
     )
     return y, tuple(final)
 
 
 def _direction_fwd(kind, activation, w_layer, w_iter, bias, x, state):
-    y_shape = jax.ShapeDtypeStruct(x.shape[:2] + w_iter.shape[:1], jnp.float32)
     y, *final, handle = io_callback(
         functools.partial(_host_forward, kind, activation, True),
-        (*_shapes(y_shape, *state), jax.ShapeDtypeStruct((), jnp.int32)),
+        (*_forward_shapes(x, w_iter, state), jax.ShapeDtypeStruct((), jnp.int32)),
         w_layer, w_iter, bias, x, *state,
     )
     final = tuple(final)
