@@ -70,9 +70,12 @@ def jaxrnn_runner(module: torch.nn.Module, x, lengths, backward: bool, implement
         return None
     if implementation == "pallas" and isinstance(module, torch.nn.GRU) and jax.default_backend() == "gpu":
         return None  # Triton needs power-of-two sizes; a GRU's 3 * hidden_size never is
-    model, variables = module_from_torch(module, implementation=implementation)
-    apply = lambda v, x, n: model.apply(v, x, seq_lengths=n)[0]  # noqa: E731
-    return _jax_runner(apply, variables, x, lengths, backward)
+    return jaxrnn_model_runner(*module_from_torch(module, implementation=implementation), x, lengths, backward)
+
+
+def jaxrnn_model_runner(model, variables, x, lengths, backward: bool):
+    """`_jax_runner` of a jaxrnn Linen layer."""
+    return _jax_runner(lambda v, x, n: model.apply(v, x, seq_lengths=n)[0], variables, x, lengths, backward)
 
 
 def experimental_rnn_runner(module: torch.nn.Module, x, lengths, backward: bool):
