@@ -30,8 +30,9 @@ def test_fuzzed_layer_matches_torch(row, T, B, input_size, hidden_size, seed, im
     lengths = rng.integers(1, T + 1, B)
     if row["backward"] == "autodiff":  # the Pallas kernel has only its custom VJP
         implementation = "xla"
-    onednn_covers = row["dtype"] == "float32" and row["backward"] == "fused" and not row["seq_lengths"]
-    if implementation == "onednn" and not (onednn_covers and not (row["proj"] and row["kind"] == "lstm")):
+    lstm_proj = row["proj"] and row["kind"] == "lstm"
+    onednn_covers = row["dtype"] == "float32" and row["backward"] == "fused" and not row["seq_lengths"] and not lstm_proj
+    if implementation == "onednn" and not onednn_covers:
         implementation = "xla"
     check_layer_against_torch(
         row, rng, T=T, B=B, INPUT=input_size, HIDDEN=hidden_size, LENGTHS=lengths, implementation=implementation
