@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.layout import Layout, with_layout_constraint
 
 from ._spec import RecurrentSpec
 
@@ -45,13 +46,21 @@ def pack_weights(spec: RecurrentSpec, params) -> jax.Array:
     return jnp.concatenate(parts)
 
 
+def _row_major(a: jax.Array) -> jax.Array:
+    """`a` laid out row-major, as cuDNN reads and writes it. `jax.experimental.rnn`'s call does
+    not ask for a layout, so under `jit` XLA laid a transposed operand or result out as a free
+    transpose and cuDNN read it as row-major: outputs off by 0.4-0.8 on an H100 (jax 0.11.2).
+    The constraint applies to the cotangents of the backward pass too."""
+    return with_layout_constraint(a, Layout(tuple(range(a.ndim))))
+
+
 def run_stack(spec: RecurrentSpec, params, x, state0, lengths, precision, kernel):
     """All layers of an LSTM on time-major `x` `(T, B, I)`: `(output, (h_n, c_n))`."""
     T, B = x.shape[:2]
     seq_lengths = jnp.full((B,), T, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
-    y, h_n, c_n = kernel(
-        jnp.swapaxes(x, 0, 1),
-        *state0,
+    y, h_n, c_n = map(_row_major, kernel(
+        _row_major(jnp.swapaxes(x, 0, 1)),
+        *map(_row_major, state0),
         pack_weights(spec, params),
         seq_lengths,
         spec.input_size,
@@ -60,5 +69,5 @@ def run_stack(spec: RecurrentSpec, params, x, state0, lengths, precision, kernel
         0.0,
         spec.bidirectional,
         precision,
-    )
+    ))
     return jnp.swapaxes(y, 0, 1), (h_n, c_n)
