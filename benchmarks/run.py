@@ -64,24 +64,19 @@ def _seconds(run) -> float:
 
 
 def interleaved_medians(runs: dict, repeats: int, block: int = 3) -> dict[str, float]:
-    """Median ms of each run, and its compile (first call) time in s.
+    """Median ms of each (already compiled) run.
 
     Peers take turns in blocks of `block` timed calls, each block after one untimed call: the
     turns spread a slow spell of a shared machine over every peer, and the untimed call lets
     each peer reach its steady state (torch's OpenMP workers, for one, keep spinning for a
     while after a call, which would be charged to whichever peer came next).
     """
-    first = {name: _seconds(run) for name, run in runs.items()}
     times = {name: [] for name in runs}
     for _ in range(-(-repeats // block)):
         for name, run in runs.items():
             run()
             times[name] += [_seconds(run) for _ in range(block)]
-    result = {}
-    for name in runs:
-        median = float(np.median(times[name]))
-        result[name], result[f"{name}_compile"] = median * 1e3, max(first[name] - median, 0.0)
-    return result
+    return {name: float(np.median(t)) * 1e3 for name, t in times.items()}
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -110,11 +105,17 @@ def measure(row, repeats: int, rng) -> dict:
     if varlen:
         lengths[0] = T
     backward = mode == "fwd+bwd"
-    runs = {
-        name: builder(module, x, lengths, backward, **({"kind": kind} if name in ("flax", "equinox") else {}))
-        for name, builder in PEERS.items()
-    }
-    result = interleaved_medians({name: run for name, run in runs.items() if run is not None}, repeats)
+    runs, first_call = {}, {}
+    for name, builder in PEERS.items():
+        try:
+            run = builder(module, x, lengths, backward, **({"kind": kind} if name in ("flax", "equinox") else {}))
+            if run is not None:
+                first_call[name] = _seconds(run)  # compiles
+                runs[name] = run
+        except Exception as error:  # a peer that cannot run this row is left out of it, its error shown
+            print(f"{label(row)}: {name} failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}")
+    result = interleaved_medians(runs, repeats)
+    result |= {f"{name}_compile": max(seconds - result[name] * 1e-3, 0.0) for name, seconds in first_call.items()}
     for run in runs.values():
         getattr(run, "close", lambda: None)()
     result["best"] = min(result[name] for name in OURS if name in result)
@@ -159,7 +160,7 @@ def write_results(rows, results, peak, path_md, path_png, quick, repeats):
         "Ratio = jaxrnn time / peer time (< 1: jaxrnn is faster), for each of jaxrnn's implementations "
         f"({described}). "
         f"Large-matmul peak on this machine: {peak:.0f} GFLOP/s; GFLOP/s of the faster jaxrnn. "
-        f"Produced by `python benchmarks/run.py{' --quick' if quick else ''}`.",
+        f"Produced by `{'BENCH_DEVICE=gpu ' if GPU else ''}python benchmarks/run.py{' --quick' if quick else ''}`.",
         "",
         "| case (B/T/H) | " + " | ".join(f"{p} ms" for p in PEERS)
         + " | " + " | ".join(f"{short[o]} /{p}" for o, p in pairs) + " | GFLOP/s (of peak) | compile s |",
@@ -213,7 +214,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for CI")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--only", default="", help="run rows whose label contains this text")
-    parser.add_argument("--out", default=HERE, help="folder for RESULTS.md and results.png")
+    parser.add_argument("--out", default=HERE, help="folder for RESULTS.md and results.png (_GPU, _gpu on a GPU)")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     rng = np.random.default_rng(0)
@@ -230,7 +231,9 @@ def main():
         )
     os.makedirs(args.out, exist_ok=True)
     write_results(
-        rows, results, peak, os.path.join(args.out, "RESULTS.md"), os.path.join(args.out, "results.png"),
+        rows, results, peak,
+        os.path.join(args.out, "RESULTS_GPU.md" if GPU else "RESULTS.md"),
+        os.path.join(args.out, "results_gpu.png" if GPU else "results.png"),
         args.quick,
         args.repeats,
     )
