@@ -10,6 +10,8 @@ import itertools
 import platform
 import random
 
+import jax
+
 OPTIONS = {
     "kind": ["rnn_tanh", "rnn_relu", "lstm", "gru"],
     "num_layers": [1, 2],
@@ -25,8 +27,9 @@ OPTIONS = {
 }
 
 
-# implementation="onednn" runs where its wheel exists: x86-64 Linux.
-ONEDNN_PLATFORM = (platform.system(), platform.machine()) == ("Linux", "x86_64")
+BACKEND = jax.default_backend()
+# implementation="onednn" runs on the CPU backend where its wheel exists: x86-64 Linux.
+ONEDNN_PLATFORM = BACKEND == "cpu" and (platform.system(), platform.machine()) == ("Linux", "x86_64")
 
 
 def covering_rows(options: dict[str, list], frontends: list[str], strength: int = 3, seed: int = 0):

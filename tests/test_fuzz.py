@@ -10,7 +10,7 @@ import numpy as np
 from frontends import FRONTENDS
 from hypothesis import given
 from hypothesis import strategies as st
-from matrix import ONEDNN_PLATFORM, OPTIONS
+from matrix import BACKEND, ONEDNN_PLATFORM, OPTIONS
 from test_parity import check_layer_against_torch
 
 rows = st.fixed_dictionaries({k: st.sampled_from(v) for k, v in OPTIONS.items()} | {"frontend": st.sampled_from(FRONTENDS)})
@@ -23,7 +23,8 @@ rows = st.fixed_dictionaries({k: st.sampled_from(v) for k, v in OPTIONS.items()}
     input_size=st.integers(1, 5),
     hidden_size=st.integers(2, 7),
     seed=st.integers(0, 2**16),
-    implementation=st.sampled_from(["xla", "pallas"] + ["onednn"] * ONEDNN_PLATFORM),
+    # Pallas at any size runs in its interpreter; on GPU, Triton compiles power-of-two sizes only.
+    implementation=st.sampled_from(["xla"] + ["pallas"] * (BACKEND == "cpu") + ["onednn"] * ONEDNN_PLATFORM),
 )
 def test_fuzzed_layer_matches_torch(row, T, B, input_size, hidden_size, seed, implementation):
     rng = np.random.default_rng(seed)

@@ -20,6 +20,7 @@ T, B, HIDDEN = 50, 32, 32
 BUDGET = {"LSTM": (4, 1.4), "GRU": (3, 2.5), "RNN": (1, 1.2)}
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the budget is XLA:CPU's buffer assignment")
 @pytest.mark.parametrize("kind", sorted(BUDGET))
 def test_fwd_bwd_temporaries_within_budget(kind):
     gates, budget = BUDGET[kind]

@@ -29,9 +29,9 @@ def _compile_options(backend: str) -> dict:
     return dict(interpret=backend != "tpu")
 
 
-def _check_triton_sizes(xp, state0) -> None:
-    """Triton compiles only arrays whose sizes are powers of two."""
-    sizes = {"batch": xp.shape[2], "gates * hidden_size": xp.shape[3]}
+def _check_triton_sizes(block: int, xp, state0) -> None:
+    """Triton compiles only blocks whose sizes are powers of two."""
+    sizes = {"batch block": block, "gates * hidden_size": xp.shape[3]}
     sizes |= {f"state[{i}] features": s.shape[-1] for i, s in enumerate(state0)}
     odd = {name: n for name, n in sizes.items() if n & (n - 1)}
     if odd:
@@ -71,8 +71,9 @@ def _kernel_forward(math_key, precision, w: LoopWeights, xs, state0, mask, *, ke
     xp = project(xs, w, precision)
     T, D = xp.shape[:2]
     backend = _backend()
+    block = _batch_block(xp.shape[2])
     if backend == "gpu":
-        _check_triton_sizes(xp, state0)
+        _check_triton_sizes(block, xp, state0)
     # Pallas kernels take no booleans: the mask travels as 0/1 in the projections' dtype.
     mask = None if mask is None else mask.astype(xp.dtype)
     run_step = functools.partial(step, math_key, precision, hoisted=True, keep_residuals=keep_residuals)
@@ -86,7 +87,6 @@ def _kernel_forward(math_key, precision, w: LoopWeights, xs, state0, mask, *, ke
     )
     out_shape = (stacked, new_state)
     inputs = (w, xp, state0, mask)
-    block = _batch_block(xp.shape[2])
 
     def specs(tree, layout):
         return jax.tree.map(lambda a: _block_spec(a.shape, block, layout), tree)
