@@ -109,7 +109,7 @@ class RNN(_Layer):
         self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
         bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
         bidirectional: bool = False, *, dtype: Any = None, param_dtype: Any = jnp.float32,
-        precision: Any = None, unroll: int = 1, fused_backward: bool = True,
+        precision: Any = None, unroll: int | None = None, fused_backward: bool = True,
         remat: bool | int = False, implementation: str | None = None, rngs: nnx.Rngs,
     ):
         spec = RecurrentSpec(
@@ -140,7 +140,7 @@ class LSTM(_Layer):
         self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
         batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
         proj_size: int = 0, *, dtype: Any = None, param_dtype: Any = jnp.float32,
-        precision: Any = None, unroll: int = 1, fused_backward: bool = True,
+        precision: Any = None, unroll: int | None = None, fused_backward: bool = True,
         remat: bool | int = False, implementation: str | None = None, rngs: nnx.Rngs,
     ):
         spec = RecurrentSpec(
@@ -171,7 +171,7 @@ class GRU(_Layer):
         self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
         batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
         dtype: Any = None, param_dtype: Any = jnp.float32, precision: Any = None,
-        unroll: int = 1, fused_backward: bool = True, remat: bool | int = False,
+        unroll: int | None = None, fused_backward: bool = True, remat: bool | int = False,
         implementation: str | None = None, rngs: nnx.Rngs,
     ):
         spec = RecurrentSpec("gru", input_size, hidden_size, num_layers, bias, bidirectional)

@@ -31,6 +31,8 @@ CALL_CASES = [
     (lambda: F.gru(GRU, X, seq_lengths=np.array([5, 2])), ValueError, r"seq_lengths must lie in \[1, T=4\], got values in \[2, 5\]"),
     (lambda: F.gru(GRU, X, seq_lengths=np.array([0, 2])), ValueError, r"seq_lengths must lie in \[1, T=4\], got values in \[0, 2\]"),
     (lambda: F.gru(GRU, X, remat=0), ValueError, r"remat must be a bool or a positive chunk length, got 0"),
+    (lambda: F.gru(GRU, X, unroll=0), ValueError, r"unroll must be a positive int or None, got 0"),
+    (lambda: F.gru(GRU, X, unroll=2.0), ValueError, r"unroll must be a positive int or None, got 2.0"),
     (lambda: F.gru(GRU, X, dropout=1.5), ValueError, r"dropout must be a probability in \[0, 1\], got 1.5"),
     (lambda: F.gru(LSTM, X), ValueError, r"'weight_ih_l0' has 20 rows, not 3 \* hidden_size \(gru\)"),
     (lambda: F.lstm({**LSTM, "bias_ih_l9": LSTM["bias_ih_l0"]}, X), ValueError, r"unexpected keys \['bias_ih_l9'\]"),

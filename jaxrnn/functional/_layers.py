@@ -18,6 +18,14 @@ from ._spec import RecurrentSpec
 Params = Mapping[str, jax.Array]
 
 
+def default_unroll() -> int:
+    """Time steps per loop iteration when `unroll=None`, for JAX's default backend: 1 on CPU,
+    where unrolling measured up to 4x slower; 8 on accelerators, where every iteration costs
+    kernel launches and 8 steps an iteration measured 1.3-2x faster on an H100
+    (benchmarks/unroll.py, benchmarks/RESULTS_GPU.md)."""
+    return 1 if jax.default_backend() == "cpu" else 8
+
+
 def reverse_sequences(x: jax.Array, seq_lengths: jax.Array | None) -> jax.Array:
     """Reverse each sequence of `x` `(T, B, ...)` within its own length, padding left in place."""
     if seq_lengths is None:
@@ -95,7 +103,7 @@ def run_layer(
     dropout_key,
     dtype,
     precision,
-    unroll: int,
+    unroll: int | None,
     fused_backward: bool,
     remat: bool | int,
     implementation: str | None,
@@ -107,6 +115,10 @@ def run_layer(
         raise ValueError(
             f"implementation={implementation!r} has its own backward pass; fused_backward=False needs 'xla'"
         )
+    if unroll is None:
+        unroll = default_unroll()
+    elif isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
+        raise ValueError(f"unroll must be a positive int or None, got {unroll!r}")
     if isinstance(remat, bool) or remat is None:
         chunk = None
     elif isinstance(remat, int) and remat >= 1:
@@ -202,7 +214,8 @@ _LAYER_DOC = """
       precision: matmul precision (`jax.lax.Precision`); None uses JAX's default. HIGHEST also
         evaluates tanh and sigmoid in float32 to within about an ulp (XLA:CPU's tanh is off by
         up to 4.6 ulp), which costs 10-35% more time on CPU.
-      unroll: time steps per loop iteration of `lax.scan`.
+      unroll: time steps per loop iteration of `lax.scan`; None: `default_unroll()`, 1 on
+        CPU and 8 on GPU and TPU.
       fused_backward: use the custom VJP that computes weight gradients as large matmuls
         after the reverse loop. Set False to differentiate through `scan` with JAX's autodiff,
         which also supports forward mode (`jax.jvp`, `jax.hessian`).
@@ -235,7 +248,7 @@ _DEFAULTS = dict(
     dropout_key=None,
     dtype=None,
     precision=None,
-    unroll=1,
+    unroll=None,
     fused_backward=True,
     remat=False,
     implementation=None,
