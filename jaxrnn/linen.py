@@ -129,7 +129,7 @@ _LAYER_ARGS = """
       param_dtype: parameter storage dtype (keyword-only), default float32.
       precision: matmul precision (keyword-only); `jax.lax.Precision.HIGHEST` also evaluates
         tanh and sigmoid in float32 to within about an ulp, for 10-35% more time on CPU.
-      unroll: time steps per `lax.scan` iteration (keyword-only); None: 1 on CPU, 8 on GPU/TPU.
+      unroll: time steps per loop iteration (keyword-only); None: 1 on CPU, 8 on GPU/TPU.
       fused_backward: custom VJP with large weight-gradient matmuls (keyword-only); False
         differentiates through `scan` and supports forward-mode autodiff.
       remat: gradient checkpointing over time chunks for long sequences (keyword-only): True

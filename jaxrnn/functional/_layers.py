@@ -214,8 +214,8 @@ _LAYER_DOC = """
       precision: matmul precision (`jax.lax.Precision`); None uses JAX's default. HIGHEST also
         evaluates tanh and sigmoid in float32 to within about an ulp (XLA:CPU's tanh is off by
         up to 4.6 ulp), which costs 10-35% more time on CPU.
-      unroll: time steps per loop iteration of `lax.scan`; None: `default_unroll()`, 1 on
-        CPU and 8 on GPU and TPU.
+      unroll: time steps per loop iteration; None: `default_unroll()`, 1 on CPU and 8 on GPU
+        and TPU. Lowered to a divisor of T where one lies in `[unroll / 2, unroll]`.
       fused_backward: use the custom VJP that computes weight gradients as large matmuls
         after the reverse loop. Set False to differentiate through `scan` with JAX's autodiff,
         which also supports forward mode (`jax.jvp`, `jax.hessian`).
