@@ -233,4 +233,5 @@ GPU_PEERS = {
     "jaxrnn cudnn": functools.partial(jaxrnn_runner, implementation="cudnn"),
     "jax.experimental.rnn": experimental_rnn_runner,
     "flax": flax_runner,
+    "equinox": equinox_runner,
 }
