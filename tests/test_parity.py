@@ -184,14 +184,16 @@ def test_wide_forward_only_matches_torch(kind, unroll, rng):
         assert_close(actual, want, name)
 
 
-@pytest.mark.parametrize("kind", ["rnn_relu", "lstm", "gru"])
+@pytest.mark.parametrize(
+    "kind, backward", [("rnn_relu", "fused"), ("lstm", "fused"), ("gru", "fused"), ("lstm", "remat"), ("gru", "autodiff")]
+)
 @pytest.mark.parametrize("wide", [False, True])
-def test_unrolled_loops_match_torch(kind, wide, rng):
+def test_unrolled_loops_match_torch(kind, backward, wide, rng):
     """3 steps an iteration over T=5 (a partial last iteration), as GPUs run 8; narrow and wide
     steps take the loop's two paths, forward and backward."""
     row = dict(
         kind=kind, num_layers=1, bidirectional=True, bias=True, batch_first=False, proj=False,
-        unbatched=False, h0=True, seq_lengths=True, dtype="float64", backward="fused", frontend="functional",
+        unbatched=False, h0=True, seq_lengths=True, dtype="float64", backward=backward, frontend="functional",
     )
     sizes = dict(B=32, INPUT=32, HIDDEN=32, LENGTHS=rng.integers(1, 6, 32)) if wide else {}
     check_layer_against_torch(row, rng, **sizes, unroll=3)
