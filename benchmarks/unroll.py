@@ -12,6 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
+from peers import _jax_runner  # noqa: E402
 from run import interleaved_medians  # noqa: E402  (sets the device and thread count first)
 
 # isort: split
@@ -29,11 +30,7 @@ def runner(kind: str, B: int, T: int, H: int, backward: bool, unroll: int):
     layer = {"lstm": F.lstm, "gru": F.gru, "rnn": F.rnn}[kind]
     params = RecurrentSpec(kind, H, H).init(jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (T, B, H))
-    if backward:
-        fn = jax.jit(jax.grad(lambda p, x: layer(p, x, unroll=unroll)[0].sum(), argnums=(0, 1)))
-    else:
-        fn = jax.jit(lambda p, x: layer(p, x, unroll=unroll)[0])
-    return lambda: jax.block_until_ready(fn(params, x))
+    return _jax_runner(lambda p, x, n: layer(p, x, seq_lengths=n, unroll=unroll)[0], params, x, None, backward)
 
 
 def main():

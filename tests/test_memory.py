@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
+from matrix import BACKEND
 
 import jaxrnn
 
@@ -20,7 +21,7 @@ T, B, HIDDEN = 50, 32, 32
 BUDGET = {"LSTM": (4, 1.4), "GRU": (3, 2.5), "RNN": (1, 1.2)}
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the budget is XLA:CPU's buffer assignment")
+@pytest.mark.skipif(BACKEND != "cpu", reason="the budget is XLA:CPU's buffer assignment")
 @pytest.mark.parametrize("kind", sorted(BUDGET))
 @pytest.mark.parametrize("unroll", [1, 8])  # 8: as on GPU; unrolled, lax.scan copied the buffer every iteration
 def test_fwd_bwd_temporaries_within_budget(kind, unroll):
