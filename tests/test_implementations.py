@@ -108,6 +108,25 @@ def test_onednn_workspaces_are_reused():
     assert not dnn.workspaces and sizes.count(_onednn._primitives("lstm", "tanh", 3, 2, 4, 8, True)[1]) == 2
 
 
+@onednn_platform
+def test_onednn_vmaps_one_call_per_member():
+    """Under `vmap` the host calls run once per batch member: the numbers of separate calls (up to
+    XLA's order of summation), outputs and gradients, with the weights batched too."""
+    params = RecurrentSpec("gru", 4, 8, bidirectional=True).init(jax.random.key(0), jnp.float32)
+    params = jax.tree.map(lambda a: jnp.stack([a, 0.5 * a]), params)
+    xs = jax.random.normal(jax.random.key(1), (2, 3, 2, 4), jnp.float32)
+
+    def loss(p, x):
+        output, h_n = F.gru(p, x, implementation="onednn")
+        return output.sum() + (h_n**2).sum()
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    batched = jax.jit(jax.vmap(jax.value_and_grad(loss, argnums=(0, 1))))(params, xs)
+    separate = [value_and_grad(jax.tree.map(lambda a, i=i: a[i], params), xs[i]) for i in range(2)]
+    for got, *want in zip(jax.tree.leaves(batched), *map(jax.tree.leaves, separate)):
+        np.testing.assert_allclose(got, np.stack(want), rtol=1e-6, atol=1e-6)
+
+
 def test_onednn_missing_package_is_named(monkeypatch):
     def missing(name):
         raise _onednn.metadata.PackageNotFoundError(name)

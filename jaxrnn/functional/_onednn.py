@@ -11,8 +11,9 @@ nothing is compiled at install time):
   takes it by a handle the forward returned and gives it back to a pool for reuse.
 
 A forward taken under differentiation keeps its workspace until its backward runs; a backward
-that never runs (a `jax.vjp` whose function is never called) leaves it held. `vmap`,
-forward-mode differentiation and `jax.export` do not go through host calls; use "xla" there.
+that never runs (a `jax.vjp` whose function is never called) leaves it held. Under `vmap` the
+host calls run once per batch member. Forward-mode differentiation and `jax.export` do not go
+through host calls; use "xla" there.
 
 The host calls work on XLA's own buffers (`buffer_callback`): the outputs are written in place
 and nothing is copied either way. The weights go in torch's own layout, `(G*H, I)` (oneDNN's
@@ -295,7 +296,8 @@ def _host_call(host_fn, result_shapes, *args, has_side_effect: bool = False):
     def callback(_, outputs, *args):
         host_fn([_host(a) for a in outputs], *(_host(a) for a in args))
 
-    return buffer_callback(callback, result_shapes, has_side_effect=has_side_effect)(*args)
+    call = buffer_callback(callback, result_shapes, has_side_effect=has_side_effect, vmap_method="sequential")
+    return call(*args)
 
 
 def _host(a) -> np.ndarray:
