@@ -12,8 +12,9 @@ nothing is compiled at install time):
 
 A forward taken under differentiation keeps its workspace until its backward runs; a backward
 that never runs (a `jax.vjp` whose function is never called) leaves it held. Under `vmap` the
-host calls run once per batch member. Forward-mode differentiation and `jax.export` do not go
-through host calls; use "xla" there.
+host calls run once per batch member. Forward-mode differentiation, `jax.checkpoint` (which
+cannot recompute a call that keeps a workspace) and `jax.export` do not go through host calls;
+use "xla" there.
 
 The host calls work on XLA's own buffers (`buffer_callback`): the outputs are written in place
 and nothing is copied either way. The weights go in torch's own layout, `(G*H, I)` (oneDNN's
