@@ -7,8 +7,9 @@ nothing is compiled at install time):
 
 - forward inference when no gradient is taken;
 - under differentiation, forward training, whose workspace (every step's gates and states) stays
-  on the host side: it is too large to copy into XLA's buffers at no cost. The backward call
-  takes it by a handle the forward returned and gives it back to a pool for reuse.
+  on the host side: at 20-40x the size of the outputs (30-120 MB in the benchmark's rows), an
+  XLA buffer for it would be faulted in afresh every call. The backward call takes it by a
+  handle the forward returned and gives it back to a pool for reuse.
 
 A forward taken under differentiation keeps its workspace until its backward runs; a backward
 that never runs (a `jax.vjp` whose function is never called) leaves it held. Under `vmap` the
