@@ -122,6 +122,33 @@ def _gru_update(tanh):
     return update
 
 
+def _gru_padded_combine(xp, hh):
+    # The GRU with its gates padded to four, `[r, z, n, 0]`, for kernels whose blocks must be
+    # powers of two (Triton): `_gru_combine` in splits and selects, which Triton lowers, where
+    # it lowers neither slices nor concatenations.
+    in_rz = jax.lax.broadcasted_iota(jnp.int32, xp.shape, xp.ndim - 1) < xp.shape[-1] // 2
+    _, _, hn, _ = jnp.split(hh, 4, axis=-1)
+    return jnp.where(in_rz, xp + hh, xp), hn
+
+
+def _gru_padded_split_grad(d):
+    d_first, d_hn = d
+    return d_first, jnp.concatenate([d_first[..., : d_first.shape[-1] // 2], d_hn, jnp.zeros_like(d_hn)], -1)
+
+
+def _gru_padded_update(tanh):
+    sigmoid = _sigmoid_from(tanh)
+
+    def update(pre, state):
+        first, hn = pre
+        r, z, xn, _ = jnp.split(first, 4, axis=-1)
+        r, z = sigmoid(r), sigmoid(z)
+        n = tanh(xn + r * hn)
+        return n + z * (state[0] - n), ()
+
+    return update
+
+
 def is_highest(precision) -> bool:
     """Whether `precision` (or, when None, JAX's default matmul precision) is HIGHEST."""
     if precision is None:
@@ -132,10 +159,13 @@ def is_highest(precision) -> bool:
 
 @functools.cache
 def cell_math(kind: str, nonlinearity: str = "tanh", accurate: bool = False) -> CellMath:
-    """The math of `kind`; `accurate` takes `accurate_tanh` for tanh and sigmoid."""
+    """The math of `kind` ("gru_padded": a GRU's, on gates padded to `[r, z, n, 0]`); `accurate`
+    takes `accurate_tanh` for tanh and sigmoid."""
     tanh = accurate_tanh if accurate else jnp.tanh
     if kind == "lstm":
         return CellMath(_add, _same, _lstm_update(tanh))
     if kind == "gru":
         return CellMath(_gru_combine, _gru_split_grad, _gru_update(tanh))
+    if kind == "gru_padded":
+        return CellMath(_gru_padded_combine, _gru_padded_split_grad, _gru_padded_update(tanh))
     return CellMath(_add, _same, _rnn_update(tanh if nonlinearity == "tanh" else jax.nn.relu))

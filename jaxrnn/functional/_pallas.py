@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 
 from ._recurrence import LoopWeights, _recurrence_bwd, project, step
 
@@ -37,8 +38,8 @@ def _check_triton_sizes(block: int, xp, state0) -> None:
     if odd:
         found = ", ".join(f"{name} {n}" for name, n in odd.items())
         raise ValueError(
-            f"implementation='pallas' on GPU compiles with Triton, which needs power-of-two sizes; got {found} "
-            "(a GRU has 3 gates, so it never fits); use implementation='xla'"
+            f"implementation='pallas' on GPU compiles with Triton, which needs power-of-two sizes; got {found}; "
+            "use implementation='xla'"
         )
 
 
@@ -117,15 +118,30 @@ def _kernel_forward(math_key, precision, w: LoopWeights, xs, state0, mask, *, ke
     return (ys, final), residuals
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def recurrence_pallas(math_key, unroll, precision, w: LoopWeights, xs, state0, mask):
-    """`recurrence` with the forward loop as one Pallas kernel (`unroll` does not apply)."""
+    """`recurrence` with the forward loop as one Pallas kernel (`unroll` applies to the backward
+    loop only). A GRU runs with its 3 gates padded to 4 (zero weights): Triton compiles blocks
+    of power-of-two sizes only, which `3 * hidden_size` never is."""
+    if math_key[0] == "gru":
+        math_key, w = ("gru_padded", *math_key[1:]), _padded_to_four_gates(w)
+    return _fused_loop(math_key, unroll, precision, w, xs, state0, mask)
+
+
+def _padded_to_four_gates(w: LoopWeights) -> LoopWeights:
+    def pad(a):
+        return None if a is None else jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, a.shape[-1] // 3)])
+
+    return w._replace(whh=pad(w.whh), bhh=pad(w.bhh), wih=pad(w.wih), bih=pad(w.bih))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _fused_loop(math_key, unroll, precision, w: LoopWeights, xs, state0, mask):
     return _kernel_forward(math_key, precision, w, xs, state0, mask, keep_residuals=False)[0]
 
 
-def _pallas_fwd(math_key, unroll, precision, w, xs, state0, mask):
+def _fused_loop_fwd(math_key, unroll, precision, w, xs, state0, mask):
     out, residuals = _kernel_forward(math_key, precision, w, xs, state0, mask, keep_residuals=True)
     return out, (w, mask, residuals, xs)
 
 
-recurrence_pallas.defvjp(_pallas_fwd, _recurrence_bwd)
+_fused_loop.defvjp(_fused_loop_fwd, _recurrence_bwd)
