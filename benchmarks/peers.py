@@ -68,8 +68,6 @@ def _jax_runner(apply, params, x, lengths, backward: bool):
 def jaxrnn_runner(module: torch.nn.Module, x, lengths, backward: bool, implementation: str | None = None):
     if implementation == "cudnn" and not isinstance(module, torch.nn.LSTM):
         return None
-    if implementation == "pallas" and isinstance(module, torch.nn.GRU) and jax.default_backend() == "gpu":
-        return None  # Triton needs power-of-two sizes; a GRU's 3 * hidden_size never is
     return jaxrnn_model_runner(*module_from_torch(module, implementation=implementation), x, lengths, backward)
 
 
