@@ -136,7 +136,8 @@ _LAYER_ARGS = """
         for chunks of ~sqrt(T) steps, an int for that chunk length.
       implementation: how the time loop runs (keyword-only): None/"xla" (`lax.scan`, every
         device), "pallas" (a fused kernel per layer for GPU/TPU), "cudnn" (LSTM on CUDA GPUs),
-        "onednn" (oneDNN's fused CPU kernels); see `jaxrnn.functional.lstm`.
+        "onednn" (oneDNN's fused CPU kernels), "auto" ("onednn" where it measured faster, else
+        "xla"); see `jaxrnn.functional.lstm`.
 
     Call: `module.apply(variables, x, hx=None, *, seq_lengths=None, deterministic=True)` with
     `x` `(T, B, input_size)` (batch_first: `(B, T, input_size)`, unbatched: `(T, input_size)`)

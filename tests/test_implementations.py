@@ -127,6 +127,33 @@ def test_onednn_vmaps_one_call_per_member():
         np.testing.assert_allclose(got, np.stack(want), rtol=1e-6, atol=1e-6)
 
 
+@onednn_platform
+@pytest.mark.parametrize(
+    "kind, batch, options, runs_onednn",
+    [
+        ("lstm", 8, {}, True),
+        ("gru", 8, {}, True),
+        ("lstm", 2, {}, False),  # too few sequences to share a step out
+        ("rnn", 8, {}, False),
+        ("lstm", 8, dict(seq_lengths=np.full(8, 3)), False),  # what oneDNN does not support
+        ("lstm", 8, dict(remat=True), False),
+        ("gru", 8, dict(fused_backward=False), False),
+    ],
+)
+def test_auto_runs_onednn_where_it_measured_faster(kind, batch, options, runs_onednn):
+    params = RecurrentSpec(kind, 4, 8).init(jax.random.key(0), jnp.float32)
+    x = jax.random.normal(jax.random.key(1), (3, batch, 4), jnp.float32)
+    fn = {"lstm": F.lstm, "gru": F.gru, "rnn": F.rnn}[kind]
+    jaxpr = str(jax.make_jaxpr(lambda p, x: fn(p, x, implementation="auto", **options))(params, x))
+    assert ("buffer_callback" in jaxpr) == runs_onednn
+    got, expected = (
+        jax.jit(lambda p, x, implementation=implementation: fn(p, x, implementation=implementation, **options))(params, x)
+        for implementation in ("auto", "onednn" if runs_onednn else "xla")
+    )
+    for actual, want in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(actual, want)
+
+
 def test_onednn_missing_package_is_named(monkeypatch):
     def missing(name):
         raise _onednn.metadata.PackageNotFoundError(name)

@@ -44,7 +44,7 @@ def _dropout(x, rate: float, key: jax.Array):
 
 # The options of `run_layer` that the Linen and NNX layers hold as attributes of the same names.
 LAYER_OPTIONS = ("batch_first", "dropout", "dtype", "precision", "unroll", "fused_backward", "remat", "implementation")
-IMPLEMENTATIONS = (None, "xla", "pallas", "cudnn", "onednn")
+IMPLEMENTATIONS = (None, "xla", "auto", "pallas", "cudnn", "onednn")
 
 
 def _layer_weights(spec: RecurrentSpec, params: Params, layer: int) -> LoopWeights:
@@ -111,7 +111,7 @@ def run_layer(
     check_dropout(dropout)
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-    if implementation not in (None, "xla") and not fused_backward:
+    if implementation not in (None, "xla", "auto") and not fused_backward:
         raise ValueError(
             f"implementation={implementation!r} has its own backward pass; fused_backward=False needs 'xla'"
         )
@@ -144,6 +144,8 @@ def run_layer(
         # the gradients through the masked steps (0 * NaN).
         x = jnp.where(valid[..., None], x, 0)
     params = {k: jnp.asarray(v, dtype) for k, v in params.items()}
+    if implementation == "auto":
+        implementation = "onednn" if fused_backward and _onednn.preferred(spec, dtype, lengths, chunk, B) else "xla"
     if implementation == "cudnn":
         if chunk is not None:
             raise ValueError("implementation='cudnn' keeps its own residuals; remat needs 'xla' or 'pallas'")
@@ -226,7 +228,9 @@ _LAYER_DOC = """
         "xla": `lax.scan`, on every device. "pallas": one fused kernel per layer (Triton on GPU,
         Mosaic on TPU). "cudnn": the LSTM stack as one cuDNN call (CUDA GPUs). "onednn":
         oneDNN's fused CPU kernels, one host call per layer and direction (float32, no
-        `seq_lengths`, `proj_size` or `remat`; needs `pip install "jaxrnn[onednn]"`).
+        `seq_lengths`, `proj_size` or `remat`; needs `pip install "jaxrnn[onednn]"`). "auto":
+        "onednn" where it is installed, supports the call and measured faster (LSTM and GRU
+        layers of 8 sequences or more, on CPU), else "xla".
 
     Returns:
       `(output, {ret})`: `output` `(T, B, D * H_out)` (batch_first: `(B, T, D * H_out)`),

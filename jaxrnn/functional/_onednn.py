@@ -60,7 +60,8 @@ SRC, SRC_ITER, SRC_ITER_C, DST, DST_ITER, DST_ITER_C = 1, 2, 3, 17, 18, 19
 W_LAYER, W_ITER, BIAS, WORKSPACE, SCRATCHPAD, DIFF = 33, 34, 41, 64, 80, 128
 
 
-def check_supported(spec: RecurrentSpec, dtype, lengths, chunk) -> None:
+def _unsupported(spec: RecurrentSpec, dtype, lengths, chunk) -> list[str]:
+    """What of a call oneDNN cannot run, in words; empty if it can."""
     reasons = [
         f"the {jax.default_backend()!r} backend (CPU only)" if jax.default_backend() != "cpu" else None,
         f"dtype {jnp.dtype(dtype).name} (float32 only)" if jnp.dtype(dtype) != jnp.float32 else None,
@@ -68,7 +69,28 @@ def check_supported(spec: RecurrentSpec, dtype, lengths, chunk) -> None:
         "seq_lengths (oneDNN has no per-sequence lengths)" if lengths is not None else None,
         "remat (oneDNN keeps its own residuals)" if chunk is not None else None,
     ]
-    reasons = [r for r in reasons if r]
+    return [r for r in reasons if r]
+
+
+def preferred(spec: RecurrentSpec, dtype, lengths, chunk, batch: int) -> bool:
+    """Whether `implementation="auto"` runs oneDNN: where it is installed, supports the call and
+    measured faster than the scan on the 2-core benchmark machine, LSTM and GRU layers of 8
+    sequences or more (there an RNN step, or one sequence's, is too small to share out)."""
+    fits = spec.kind in ("lstm", "gru") and batch >= 8
+    return fits and not _unsupported(spec, dtype, lengths, chunk) and _installed()
+
+
+@functools.cache
+def _installed() -> bool:
+    try:
+        metadata.distribution(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def check_supported(spec: RecurrentSpec, dtype, lengths, chunk) -> None:
+    reasons = _unsupported(spec, dtype, lengths, chunk)
     if reasons:
         raise ValueError(f"implementation='onednn' does not support {', '.join(reasons)}; use implementation='xla'")
 
