@@ -10,9 +10,8 @@ reversed in time, per sequence):
 Where the input projection `x @ W_ih^T + b_ih` runs is chosen by measurement (2-core CPU,
 interleaved medians): when gradients are taken, it is hoisted out of the loop as one large
 matmul (the backward needs all of it anyway). Forward-only, RNNs and LSTMs hoist too (LSTM
-B=8, T=500, H=256: 38 -> 28-30 ms; B=32, T=100, H=128: 10-11 -> 8.4-8.8 ms), while a GRU
-projects inside each step, which ran faster at small hidden sizes (B=8, H=256: 22-24 ms
-against 27-34 hoisted; B=1, H=64: 1.3 against 1.9).
+B=8, T=500, H=256: 38 -> 28-30 ms; B=32, T=100, H=128: 10-11 -> 8.4-8.8 ms); a GRU hoists
+only where that measured faster (`_hoists_forward_only`).
 
 The backward pass is a custom VJP: the reverse loop carries only the state gradients (one
 matmul per step), and the weight gradients (W_ih and dx included) are single large matmuls
@@ -213,10 +212,30 @@ def _join_first(first, rest):
     return first if rest is None else (first, *rest)
 
 
+# XLA:CPU's matmul library splits a dot over threads only from this much work, `(rows + columns)
+# * contraction` (see the README's CPU notes).
+CPU_DOT_SPLIT_SIZE = 65536
+
+
+def _hoists_forward_only(math_key, w: LoopWeights, xs) -> bool:
+    """Whether a forward pass that keeps no residuals hoists its input projection. RNNs and
+    LSTMs do. A GRU on CPU does where its step's own projection would run on one core and the
+    step is large enough to prefetch (B=32, H=128: 6.2-6.6 against 7.5-7.7 ms); it projects
+    inside the step where that dot splits over threads (B=8, H=256: 19 against 25 ms) or the
+    step is tiny (B=1, H=64: 1.3 against 1.8 ms). Elsewhere a GRU projects inside the step, as
+    measured on the GPU."""
+    if math_key[0] != "gru":
+        return True
+    _, D, B, I = xs.shape
+    gates = w.wih.shape[-1]
+    small_dot = (B + gates) * I < CPU_DOT_SPLIT_SIZE
+    return jax.default_backend() == "cpu" and small_dot and D * B * gates >= PREFETCH_MIN_SIZE
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def recurrence(math_key, unroll, precision, w: LoopWeights, xs, state0, mask):
     """Run one layer's loop; returns `(ys, final_state)`. See the module docstring for shapes."""
-    hoist = math_key[0] != "gru"
+    hoist = _hoists_forward_only(math_key, w, xs)
     return _forward(math_key, unroll, precision, w, xs, state0, mask, keep_residuals=False, hoist=hoist)[0]
 
 
