@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 
 import jax
@@ -152,6 +153,16 @@ def test_auto_runs_onednn_where_it_measured_faster(kind, batch, options, runs_on
     )
     for actual, want in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
         np.testing.assert_array_equal(actual, want)
+
+
+@onednn_platform
+def test_onednn_is_set_up_once_under_concurrent_first_calls():
+    """XLA may make its first host calls at once; they must share one engine (and lock)."""
+    _onednn._instance.cache_clear()
+    _onednn._primitives.cache_clear()  # made on the engine just dropped
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        instances = list(pool.map(lambda _: _onednn._onednn(), range(8)))
+    assert all(instance is instances[0] for instance in instances)
 
 
 def test_onednn_missing_package_is_named(monkeypatch):

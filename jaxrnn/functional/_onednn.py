@@ -207,8 +207,20 @@ class _OneDNN:
                 self.lib.dnnl_memory_destroy(memory)
 
 
-@functools.cache
+_SETUP = threading.Lock()
+
+
 def _onednn() -> _OneDNN:
+    """The one `_OneDNN` of the process. XLA may make its first two host calls at once (the two
+    directions of a layer); without the lock each made an instance, with an engine and a lock of
+    its own, and one ran the other's primitives: "oneDNN call failed with status 2" in 2 of 12
+    fresh processes, on the first call of a bidirectional LSTM."""
+    with _SETUP:
+        return _instance()
+
+
+@functools.cache
+def _instance() -> _OneDNN:
     return _OneDNN()
 
 
