@@ -197,11 +197,22 @@ class IsolatedRunner:
             target=isolated.serve, args=(child, state_dict, nonlinearity, x, backward, implementation), daemon=True
         )
         self.process.start()
-        self.connection.recv()  # compiled
+        child.close()  # so that a process that dies ends the pipe, rather than leaves us waiting
+        self._receive()  # compiled
 
     def __call__(self):
         self.connection.send("run")
-        self.connection.recv()
+        self._receive()
+
+    def _receive(self) -> None:
+        try:
+            self.connection.recv()
+        except EOFError:
+            self.process.join()
+            raise RuntimeError(
+                f"the {self.process.name} process running jaxrnn exited with code {self.process.exitcode} "
+                "(its traceback is above)"
+            ) from None
 
     def close(self):
         self.connection.send("stop")
