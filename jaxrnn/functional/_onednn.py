@@ -77,16 +77,14 @@ def preferred(spec: RecurrentSpec, dtype, lengths, chunk, batch: int) -> bool:
     measured faster than the scan on the 2-core benchmark machine, LSTM and GRU layers of 8
     sequences or more (there an RNN step, or one sequence's, is too small to share out)."""
     fits = spec.kind in ("lstm", "gru") and batch >= 8
-    return fits and not _unsupported(spec, dtype, lengths, chunk) and _installed()
+    return fits and not _unsupported(spec, dtype, lengths, chunk) and _distribution() is not None
 
 
-@functools.cache
-def _installed() -> bool:
+def _distribution() -> metadata.Distribution | None:
     try:
-        metadata.distribution(DISTRIBUTION)
+        return metadata.distribution(DISTRIBUTION)
     except metadata.PackageNotFoundError:
-        return False
-    return True
+        return None
 
 
 def check_supported(spec: RecurrentSpec, dtype, lengths, chunk) -> None:
@@ -103,12 +101,12 @@ class _OneDNN:
     """The library, one CPU engine and stream, the primitives made so far, the workspace pool."""
 
     def __init__(self):
-        try:
-            files = metadata.distribution(DISTRIBUTION).files or []
-        except metadata.PackageNotFoundError:
+        distribution = _distribution()
+        if distribution is None:
             raise ValueError(
                 f"implementation='onednn' needs oneDNN: pip install 'jaxrnn[onednn]' (the {DISTRIBUTION} package)"
-            ) from None
+            )
+        files = distribution.files or []
         path = next(f for f in files if f.name.startswith("libdnnl.so"))
         self.lib = lib = ctypes.CDLL(str(path.locate()))
         lib.dnnl_primitive_desc_query_md.restype = ctypes.c_void_p
@@ -302,7 +300,7 @@ def _host_backward(kind, activation, n, outputs, w_layer_t, w_iter_t, bias, x, y
     state, final, d_y, d_final = rest[:n], rest[n : 2 * n], rest[2 * n], rest[2 * n + 1 :]
     d_x, *d_state, d_layer, d_iter, d_bias = outputs
     T, B, I = x.shape
-    G, H = w_iter_t.shape[:2]
+    H = w_iter_t.shape[1]
     arrays = {
         SRC: x, W_LAYER: w_layer_t, W_ITER: w_iter_t, BIAS: bias, DST: y,
         DIFF + SRC: d_x, DIFF + W_LAYER: d_layer, DIFF + W_ITER: d_iter, DIFF + BIAS: d_bias, DIFF + DST: d_y,

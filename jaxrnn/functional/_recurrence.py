@@ -222,8 +222,8 @@ def _hoists_forward_only(math_key, w: LoopWeights, xs) -> bool:
     LSTMs do. A GRU on CPU does where its step's own projection would run on one core and the
     step is large enough to prefetch (B=32, H=128: 6.2-6.6 against 7.5-7.7 ms); it projects
     inside the step where that dot splits over threads (B=8, H=256: 19 against 25 ms) or the
-    step is tiny (B=1, H=64: 1.3 against 1.8 ms). Elsewhere a GRU projects inside the step, as
-    measured on the GPU."""
+    step is tiny (B=1, H=64: 1.3 against 1.8 ms). Off CPU a GRU projects inside the step, as it
+    did when the GPU figures were taken (hoisting it there is not measured)."""
     if math_key[0] != "gru":
         return True
     _, D, B, I = xs.shape
