@@ -228,11 +228,13 @@ class Lowering:
     platform: str
     masked: bool
     batch: int = 16
+    proj_size: int = 0
 
 
 LOWERINGS = [
     Lowering("lstm", "cuda", True),
     Lowering("lstm", "cuda", False, batch=64),
+    Lowering("lstm", "cuda", True, proj_size=16),
     Lowering("rnn", "cuda", False),
     Lowering("gru", "cuda", True),
     Lowering("gru", "tpu", True),
@@ -240,11 +242,13 @@ LOWERINGS = [
 ]
 
 
-@pytest.mark.parametrize("case", LOWERINGS, ids=lambda c: f"{c.kind}-{c.platform}-masked{c.masked}-B{c.batch}")
+@pytest.mark.parametrize("case", LOWERINGS, ids=lambda c: f"{c.kind}-{c.platform}-masked{c.masked}-B{c.batch}-P{c.proj_size}")
 def test_pallas_kernel_lowers_for_accelerators(case, monkeypatch):
-    """The forward and backward of a bidirectional layer, lowered as for a GPU or TPU."""
+    """The forward and backward of a bidirectional layer, lowered as for a GPU or TPU: one kernel
+    each way."""
     monkeypatch.setattr(_pallas, "_backend", lambda: {"cuda": "gpu"}.get(case.platform, case.platform))
-    params = RecurrentSpec(case.kind, 16, 32, bidirectional=True).init(jax.random.key(0), jnp.float32)
+    spec = RecurrentSpec(case.kind, 16, 32, bidirectional=True, proj_size=case.proj_size)
+    params = spec.init(jax.random.key(0), jnp.float32)
     x = jnp.ones((6, case.batch, 16), jnp.float32)
     lengths = jnp.full((case.batch,), 4, jnp.int32) if case.masked else None
     fn = {"lstm": F.lstm, "gru": F.gru, "rnn": F.rnn}[case.kind]
@@ -258,7 +262,7 @@ def test_pallas_kernel_lowers_for_accelerators(case, monkeypatch):
         platforms=[case.platform],
         disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(kernels)],
     )(params, x)
-    assert exported.mlir_module().count(kernels) == 1
+    assert exported.mlir_module().count(kernels) == 2
 
 
 def test_pallas_on_gpu_refuses_sizes_triton_cannot_compile(monkeypatch):

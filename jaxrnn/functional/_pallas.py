@@ -1,7 +1,7 @@
-"""The time loop as one fused Pallas kernel: a program per direction and block of the batch
-runs every time step with the recurrent weights and the state held on chip, so a step costs no
-kernel launch. The step itself is the same `step` function that the `lax.scan` loop
-runs, and the backward pass is the scan path's custom VJP, fed the residuals the kernel stores.
+"""The time loop as fused Pallas kernels, one forward and one backward: a program per direction
+and block of the batch runs every time step with the recurrent weights and the state held on
+chip, so a step costs no kernel launch. The steps are the scan's own (`step`, `step_back`);
+the weight gradients are the scan's large matmuls after the loop (`backward`).
 
 On GPU and TPU the kernel is compiled by Pallas; elsewhere it runs in Pallas's interpreter
 (correct, and how the tests check it against torch, but slow).
@@ -13,8 +13,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ._recurrence import LoopWeights, _recurrence_bwd, project, step
+from ._math import cell_math, is_highest
+from ._recurrence import LoopWeights, _per_direction, backward, project, step, step_back
 
 
 def _backend() -> str:
@@ -63,65 +65,102 @@ def _block_spec(shape, block: int, layout: str):
     return pl.BlockSpec((shape[0], 1, block, 1), lambda d, b: (0, 0, b, 0))
 
 
-def _kernel_forward(math_key, precision, w: LoopWeights, xs, state0, mask, *, keep_residuals: bool):
-    """`((ys, final_state), residuals)` of one layer, as `_forward` returns them."""
+def _loop_kernel(step_fn, weights, stacked, state0, mask, *, reverse: bool):
+    """`step_fn(weights, state, stacked_t, mask_t) -> (state, outputs_t)` over the T time steps of
+    `stacked` (a tree of `(T, D, B, ...)` arrays) as one Pallas kernel: a program per direction
+    and block of the batch, the weights and the state on chip throughout. Returns `(outputs
+    stacked over time, final state)`."""
     # Pallas is imported here, when a kernel is asked for: it adds a tenth of a second to
     # `import jaxrnn`, and nothing else needs it.
     from jax.experimental import pallas as pl
 
-    xp = project(xs, w, precision)
-    T, D = xp.shape[:2]
-    backend = _backend()
-    block = _batch_block(xp.shape[2])
-    if backend == "gpu":
-        _check_triton_sizes(block, xp, state0)
-    # Pallas kernels take no booleans: the mask travels as 0/1 in the projections' dtype.
-    mask = None if mask is None else mask.astype(xp.dtype)
-    run_step = functools.partial(step, math_key, precision, hoisted=True, keep_residuals=keep_residuals)
+    T = jax.tree.leaves(stacked)[0].shape[0]
+    block = _batch_block(state0[0].shape[1])
+    # Pallas kernels take no booleans: the mask travels as 0/1 in the state's dtype.
+    mask = None if mask is None else mask.astype(state0[0].dtype)
 
-    def step_of(w, state, x_t, mask_t):
-        return run_step(w, state, x_t, None if mask_t is None else mask_t > 0)
+    def run_step(weights, state, stacked_t, mask_t):
+        return step_fn(weights, state, stacked_t, None if mask_t is None else mask_t > 0)
 
-    new_state, (y, residuals) = jax.eval_shape(step_of, w, state0, xp[0], None if mask is None else mask[0])
-    stacked = jax.ShapeDtypeStruct((T, *y.shape), y.dtype), jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct((T, *a.shape), a.dtype), residuals
-    )
-    out_shape = (stacked, new_state)
-    inputs = (w, xp, state0, mask)
+    at_0 = functools.partial(jax.tree.map, lambda a: a[0])
+    final, outputs = jax.eval_shape(run_step, weights, state0, at_0(stacked), None if mask is None else mask[0])
+    outputs = jax.tree.map(lambda a: jax.ShapeDtypeStruct((T, *a.shape), a.dtype), outputs)
 
     def specs(tree, layout):
         return jax.tree.map(lambda a: _block_spec(a.shape, block, layout), tree)
 
-    in_specs = (specs(w, "weight"), specs(xp, "stacked"), specs(state0, "state"), specs(mask, "mask"))
-    out_specs = (specs(stacked, "stacked"), specs(new_state, "state"))
+    def kernel(w_ref, stacked_ref, state0_ref, mask_ref, outputs_ref, final_ref):
+        weights = jax.tree.map(lambda r: r[...], w_ref)
 
-    def kernel(w_ref, xp_ref, state0_ref, mask_ref, stacked_ref, final_ref):
-        w_block = jax.tree.map(lambda r: r[...], w_ref)
-
-        def body(t, state):
+        def body(i, state):
+            t = T - 1 - i if reverse else i
             mask_t = None if mask_ref is None else mask_ref[t]
-            new_state, outputs = step_of(w_block, state, xp_ref[t], mask_t)
-            jax.tree.map(lambda r, v: r.__setitem__(t, v), stacked_ref, outputs)
-            return new_state
+            state, outputs_t = run_step(weights, state, jax.tree.map(lambda r: r[t], stacked_ref), mask_t)
+            jax.tree.map(lambda r, v: r.__setitem__(t, v), outputs_ref, outputs_t)
+            return state
 
-        final = jax.lax.fori_loop(0, T, body, jax.tree.map(lambda r: r[...], state0_ref))
+        # int32 bounds: under x64 the index would be int64, and Mosaic's reversed count
+        # (`T - 1 - i`) then mixed it with its own int32 loop index.
+        first, last = jnp.int32(0), jnp.int32(T)
+        final = jax.lax.fori_loop(first, last, body, jax.tree.map(lambda r: r[...], state0_ref))
         jax.tree.map(lambda r, v: r.__setitem__(..., v), final_ref, final)
 
-    (ys, residuals), final = pl.pallas_call(
+    return pl.pallas_call(
         kernel,
-        out_shape=out_shape,
-        grid=(D, xp.shape[2] // block),
-        in_specs=in_specs,
-        out_specs=out_specs,
-        **_compile_options(backend),
-    )(*inputs)
+        out_shape=(outputs, final),
+        grid=(state0[0].shape[0], state0[0].shape[1] // block),
+        in_specs=(specs(weights, "weight"), specs(stacked, "stacked"), specs(state0, "state"), specs(mask, "mask")),
+        out_specs=(specs(outputs, "stacked"), specs(final, "state")),
+        **_compile_options(_backend()),
+    )(weights, stacked, state0, mask)
+
+
+def _kernel_forward(math_key, precision, w: LoopWeights, xs, state0, mask, *, keep_residuals: bool):
+    """`((ys, final_state), residuals)` of one layer, as `_forward` returns them."""
+    xp = project(xs, w, precision)
+    if _backend() == "gpu":
+        _check_triton_sizes(_batch_block(xp.shape[2]), xp, state0)
+    run_step = functools.partial(step, math_key, precision, hoisted=True, keep_residuals=keep_residuals)
+    (ys, residuals), final = _loop_kernel(run_step, w, xp, state0, mask, reverse=False)
     return (ys, final), residuals
 
 
+def _kernel_backward(math_key, unroll, precision, w: LoopWeights, mask, residuals, cotangents):
+    """The reverse loop as one Pallas kernel, returning what `_reverse_scan` does. Each gate's
+    gradient meets its own block of `W_hh`, transposed before the kernel: Triton lowers no
+    concatenation, and the gates' gradients are never joined inside it."""
+    states_prev, pres, _ = residuals
+    d_ys, d_final = cotangents
+    math = cell_math(*math_key, is_highest(precision))
+    # W_hh's blocks, as wide as the gates that meet them: (D, k * H, H_out) each
+    d_hh_gates = jax.eval_shape(lambda pre: math.gate_grads(math.gates(pre))[1], jax.tree.map(lambda a: a[0], pres))
+    bounds = np.cumsum([g.shape[-1] for g in d_hh_gates])[:-1]
+    whh_gates = tuple(g.swapaxes(1, 2) for g in jnp.split(w.whh, bounds, -1))
+    whr_t = None if w.whr is None else w.whr.swapaxes(1, 2)  # (D, P, H)
+
+    def matmul(spec, a, w):
+        return _per_direction(spec, a, w, precision)
+
+    def step_fn(weights, d_state, stacked_t, mask_t):
+        whh_gates, whr_t = weights
+        d_y, state_prev, pre = stacked_t
+
+        def recurrent(d_hh):
+            products = [matmul("dbg,dgh->dbh", d, wg) for d, wg in zip(d_hh, whh_gates)]
+            return sum(products[1:], products[0])
+
+        unproject = None if whr_t is None else (lambda d_h: matmul("dbp,dph->dbh", d_h, whr_t))
+        return step_back(math, recurrent, unproject, d_state, d_y, state_prev, math.gates(pre), mask_t)
+
+    grads, d_state0 = _loop_kernel(step_fn, (whh_gates, whr_t), (d_ys, states_prev, pres), d_final, mask, reverse=True)
+    d_xp, d_hh, d_h = grads
+    return d_state0, jnp.concatenate(d_xp, -1), None if d_hh is None else jnp.concatenate(d_hh, -1), d_h
+
+
 def recurrence_pallas(math_key, unroll, precision, w: LoopWeights, xs, state0, mask):
-    """`recurrence` with the forward loop as one Pallas kernel (`unroll` applies to the backward
-    loop only). A GRU runs with its 3 gates padded to 4 (zero weights): Triton compiles blocks
-    of power-of-two sizes only, which `3 * hidden_size` never is."""
+    """`recurrence` with each loop, forward and backward, as one Pallas kernel (`unroll` has
+    nothing to unroll). A GRU runs with its 3 gates padded to 4 (zero weights): Triton compiles
+    blocks of power-of-two sizes only, which `3 * hidden_size` never is."""
     if math_key[0] == "gru":
         math_key, w = ("gru_padded", *math_key[1:]), _padded_to_four_gates(w)
     return _fused_loop(math_key, unroll, precision, w, xs, state0, mask)
@@ -144,4 +183,4 @@ def _fused_loop_fwd(math_key, unroll, precision, w, xs, state0, mask):
     return out, (w, mask, residuals, xs)
 
 
-_fused_loop.defvjp(_fused_loop_fwd, _recurrence_bwd)
+_fused_loop.defvjp(_fused_loop_fwd, functools.partial(backward, _kernel_backward))

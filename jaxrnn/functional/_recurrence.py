@@ -244,8 +244,32 @@ def _recurrence_fwd(math_key, unroll, precision, w, xs, state0, mask):
     return out, (w, mask, residuals, xs)
 
 
-def _recurrence_bwd(math_key, unroll, precision, saved, cotangents):
-    stacked, mask, (states_prev, pres, h_raws), xs = saved
+def step_back(math, recurrent, unproject, d_state, d_y, state_prev, gates, mask_t):
+    """One step of the reverse loop, gate by gate (`_math.CellMath`): returns `(d state before
+    the step, (d xp gates, d hh gates or None where they are d xp's, d h or None))`.
+
+    `recurrent(d hh gates)` is `d_hh @ W_hh`, `unproject(d h)` is `d_h @ W_hr` (None without a
+    projection); the scan and the Pallas kernel each bring their own.
+    """
+    d_new = (d_state[0] + d_y, *d_state[1:])
+    # Where the step was padding, the state passed through unchanged and y was 0.
+    passed = tuple(_where_valid(mask_t, 0, d) for d in d_state)
+    d_new = tuple(_where_valid(mask_t, d, 0) for d in d_new)
+    d_h_raw = d_new[0] if unproject is None else unproject(d_new[0])
+    _, update_vjp = jax.vjp(math.update_gates, gates, state_prev)
+    d_gates, d_prev = update_vjp((d_h_raw, d_new[1:]))
+    d_xp, d_hh = math.gate_grads(d_gates)
+    d_prev = (d_prev[0] + recurrent(d_hh), *d_prev[1:])
+    if mask_t is not None:
+        d_prev = tuple(a + b for a, b in zip(d_prev, passed))
+    # Where both projections get the same gradient (RNN, LSTM), it is kept once.
+    return d_prev, (d_xp, None if d_hh is d_xp else d_hh, None if unproject is None else d_new[0])
+
+
+def _reverse_scan(math_key, unroll, precision, stacked: LoopWeights, mask, residuals, cotangents):
+    """The reverse loop as a `lax.scan`: `(d state0, d xp, d hh or None, d h or None)`, the last
+    three stacked over time `(T, D, B, ...)`."""
+    states_prev, pres, _ = residuals
     w = _unstacked(stacked)
     d_ys, d_final = cotangents
     math = cell_math(*math_key, is_highest(precision))
@@ -253,43 +277,48 @@ def _recurrence_bwd(math_key, unroll, precision, saved, cotangents):
     def matmul(spec, a, w):
         return _per_direction(spec, a, w, precision)
 
-    def step_back(d_state, inputs):
-        d_y, state_prev, pre, h_raw, mask_t = inputs
-        d_new = (d_state[0] + d_y, *d_state[1:])
-        # Where the step was padding, the state passed through unchanged and y was 0.
-        passed = tuple(_where_valid(mask_t, 0, d) for d in d_state)
-        d_new = tuple(_where_valid(mask_t, d, 0) for d in d_new)
-        d_h_raw = d_new[0] if w.whr is None else matmul("dbp,dkp->dbk", d_new[0], w.whr)
-        _, update_vjp = jax.vjp(math.update, pre, state_prev)
-        d_pre, d_prev = update_vjp((d_h_raw, d_new[1:]))
-        d_xp, d_hh = math.split_grad(d_pre)
-        d_prev = (d_prev[0] + matmul("dbg,dhg->dbh", d_hh, w.whh), *d_prev[1:])
-        if mask_t is not None:
-            d_prev = tuple(a + b for a, b in zip(d_prev, passed))
-        # Where both projections get the same gradient (RNN, LSTM), stack it once.
-        return d_prev, (d_xp, None if d_hh is d_xp else d_hh, d_new[0] if w.whr is not None else None)
+    def recurrent(d_hh):
+        return matmul("dbg,dhg->dbh", jnp.concatenate(d_hh, -1), w.whh)
+
+    unproject = None if w.whr is None else (lambda d_h: matmul("dbp,dkp->dbk", d_h, w.whr))
+
+    def step_t(d_state, inputs):
+        d_y, state_prev, pre, mask_t = inputs
+        d_prev, grads = step_back(math, recurrent, unproject, d_state, d_y, state_prev, math.gates(pre), mask_t)
+        d_xp, d_hh, d_h = grads
+        return d_prev, (jnp.concatenate(d_xp, -1), None if d_hh is None else jnp.concatenate(d_hh, -1), d_h)
 
     first, rest = _split_first(pres)
     if first[0].size < PREFETCH_MIN_SIZE:
         d_state0, (d_xp, d_hh, d_h) = jax.lax.scan(
-            step_back, d_final, (d_ys, states_prev, pres, h_raws, mask), reverse=True, unroll=unroll
+            step_t, d_final, (d_ys, states_prev, pres, mask), reverse=True, unroll=unroll
         )
-    else:
-        # As in the forward: the step's pre-activations are prefetched through the carry, and
-        # the gradient of the projections overwrites them in place.
-        def in_place(d_state, first_t, inputs):
-            d_y, state_prev, rest_t, h_raw, mask_t = inputs
-            pre_t = _join_first(first_t.reshape(first.shape[1:]), rest_t)
-            d_prev, (d_xp, d_hh, d_h) = step_back(d_state, (d_y, state_prev, pre_t, h_raw, mask_t))
-            return d_prev, _merged(d_xp), (d_hh, d_h)
+        return d_state0, d_xp, d_hh, d_h
 
-        d_state0, d_xp, (d_hh, d_h) = _in_place_scan(
-            in_place, d_final, _merged(first), (d_ys, states_prev, rest, h_raws, mask), unroll=unroll, reverse=True
-        )
-        d_xp = d_xp.reshape(first.shape)
+    # As in the forward: the step's pre-activations are prefetched through the carry, and the
+    # gradient of the projections overwrites them in place.
+    def in_place(d_state, first_t, inputs):
+        d_y, state_prev, rest_t, mask_t = inputs
+        pre_t = _join_first(first_t.reshape(first.shape[1:]), rest_t)
+        d_prev, (d_xp, d_hh, d_h) = step_t(d_state, (d_y, state_prev, pre_t, mask_t))
+        return d_prev, _merged(d_xp), (d_hh, d_h)
+
+    d_state0, d_xp, (d_hh, d_h) = _in_place_scan(
+        in_place, d_final, _merged(first), (d_ys, states_prev, rest, mask), unroll=unroll, reverse=True
+    )
+    return d_state0, d_xp.reshape(first.shape), d_hh, d_h
+
+
+def backward(reverse_loop, math_key, unroll, precision, saved, cotangents):
+    """The custom VJP's backward: `reverse_loop` (the scan, or a kernel) carries the state
+    gradients back through time, then the weight gradients (W_ih and dx included) are one large
+    matmul over all time steps each."""
+    w, mask, residuals, xs = saved
+    states_prev, _, h_raws = residuals
+    d_state0, d_xp, d_hh, d_h = reverse_loop(math_key, unroll, precision, w, mask, residuals, cotangents)
     d_hh = d_xp if d_hh is None else d_hh
-    # The weight gradients: one large matmul over all time steps each, per direction on
-    # (T * B, features) slabs so that no operand needs a transpose first.
+
+    # Per direction on (T * B, features) slabs, so that no operand needs a transpose first.
     def over_time(a, b):  # (T, D, B, m), (T, D, B, n) -> (D, m, n)
         return jnp.stack(
             [jnp.matmul(a[:, d].reshape(-1, a.shape[-1]).T, b[:, d].reshape(-1, b.shape[-1]), precision=precision)
@@ -307,7 +336,7 @@ def _recurrence_bwd(math_key, unroll, precision, saved, cotangents):
     return d_w, d_xs, d_state0, None
 
 
-recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+recurrence.defvjp(_recurrence_fwd, functools.partial(backward, _reverse_scan))
 
 
 def recurrence_autodiff(math_key, unroll, precision, w, xs, state0, mask):
