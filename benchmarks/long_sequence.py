@@ -21,8 +21,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 THREADS = 2
 
 
-def measure(peer: str, remat: str, B: int, T: int, H: int) -> dict:
-    """Runs in a child process: one warm-up (compile) and one timed forward+backward."""
+def measure(peer: str, remat: str, B: int, T: int, H: int, repeats: int = 3) -> dict:
+    """Runs in a child process: one warm-up (compile), then the median of `repeats` timed
+    forward+backward runs."""
     import numpy as np
 
     x_np = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
@@ -51,9 +52,12 @@ def measure(peer: str, remat: str, B: int, T: int, H: int) -> dict:
             jax.block_until_ready(grad(variables, x))
 
     run()
-    start = time.perf_counter()
-    run()
-    seconds = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    seconds = float(np.median(times))
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {"seconds": seconds, "peak_gb": peak_gb}
 
@@ -86,8 +90,8 @@ def main():
     lines = [
         "# Long sequences: LSTM forward+backward",
         "",
-        f"B={args.B}, T={args.T}, H={args.H}, float32, CPU, {THREADS} threads; one timed run after a "
-        "warm-up; peak RSS of the whole process (runtime included). "
+        f"B={args.B}, T={args.T}, H={args.H}, float32, CPU, {THREADS} threads; median of 3 timed runs "
+        "after a warm-up; peak RSS of the whole process (runtime included). "
         "Produced by `python benchmarks/long_sequence.py`.",
         "",
         "| run | seconds | peak RSS GB |",
