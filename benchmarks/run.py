@@ -219,7 +219,7 @@ def write_results(rows, results, peak, path_md, path_png, quick, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for CI")
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--only", default="", help="run rows whose label contains this text")
     parser.add_argument("--out", default=HERE, help="folder for RESULTS.md and results.png (_GPU, _gpu on a GPU)")
     args = parser.parse_args()
