@@ -225,12 +225,13 @@ _LAYER_DOC = """
         ~sqrt(T) steps for the backward pass and recomputes each chunk's forward there; an int
         sets the chunk length. Costs one more forward pass; default False.
       implementation: how the time loop runs; every choice computes the same function. None or
-        "xla": `lax.scan`, on every device. "pallas": one fused kernel per layer (Triton on GPU,
-        Mosaic on TPU). "cudnn": the LSTM stack as one cuDNN call (CUDA GPUs). "onednn":
-        oneDNN's fused CPU kernels, one host call per layer and direction (float32, no
-        `seq_lengths`, `proj_size` or `remat`; needs `pip install "jaxrnn[onednn]"`). "auto":
-        "onednn" where it is installed, supports the call and measured faster (LSTM and GRU
-        layers of 8 sequences or more, on CPU), else "xla".
+        "xla": `lax.scan`, on every device. "pallas": one fused kernel per layer for each of the
+        forward and backward loops (Triton on GPU, Mosaic on TPU). "cudnn": the LSTM stack as
+        one cuDNN call (CUDA GPUs). "onednn": oneDNN's fused CPU kernels, one host call per
+        layer and direction (float32, no `seq_lengths`, `proj_size` or `remat`; needs
+        `pip install "jaxrnn[onednn]"`). "auto": "onednn" where it is installed, supports the
+        call and measured faster (LSTM and GRU layers of 8 sequences or more, on CPU), else
+        "xla".
 
     Returns:
       `(output, {ret})`: `output` `(T, B, D * H_out)` (batch_first: `(B, T, D * H_out)`),
