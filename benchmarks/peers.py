@@ -188,13 +188,14 @@ class IsolatedRunner:
     """`run()` of a jaxrnn layer living in a process of its own (see isolated.py); the time of a
     call includes a round trip through a pipe (tens of microseconds)."""
 
-    def __init__(self, module: torch.nn.Module, x, backward: bool, implementation: str):
+    def __init__(self, module: torch.nn.Module, x, lengths, backward: bool, implementation: str):
         context = multiprocessing.get_context("spawn")
         self.connection, child = context.Pipe()
         state_dict = {k: v.detach().numpy() for k, v in module.state_dict().items()}
         nonlinearity = getattr(module, "nonlinearity", "tanh")
         self.process = context.Process(
-            target=isolated.serve, args=(child, state_dict, nonlinearity, x, backward, implementation), daemon=True
+            target=isolated.serve, args=(child, state_dict, nonlinearity, x, lengths, backward, implementation),
+            daemon=True,
         )
         self.process.start()
         child.close()  # so that a process that dies ends the pipe, rather than leaves us waiting
@@ -220,9 +221,11 @@ class IsolatedRunner:
 
 
 def onednn_runner(module: torch.nn.Module, x, lengths, backward: bool):
-    """jaxrnn's `implementation="onednn"` where it applies (no `seq_lengths`), in a process
-    without torch (see isolated.py)."""
-    return None if lengths is not None else IsolatedRunner(module, x, backward, "onednn")
+    """jaxrnn's `implementation="onednn"` where it applies (LSTM: no `seq_lengths`), in a
+    process without torch (see isolated.py)."""
+    if lengths is not None and isinstance(module, torch.nn.LSTM):
+        return None
+    return IsolatedRunner(module, x, lengths, backward, "onednn")
 
 
 # Every name starting with "jaxrnn" is one of jaxrnn's implementations; the rest are its peers.

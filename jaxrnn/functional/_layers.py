@@ -228,8 +228,8 @@ _LAYER_DOC = """
         "xla": `lax.scan`, on every device. "pallas": one fused kernel per layer for each of the
         forward and backward loops (Triton on GPU, Mosaic on TPU). "cudnn": the LSTM stack as
         one cuDNN call (CUDA GPUs). "onednn": oneDNN's fused CPU kernels, one host call per
-        layer and direction (float32, no `seq_lengths`, `proj_size` or `remat`; needs
-        `pip install "jaxrnn[onednn]"`). "auto": "onednn" where it is installed, supports the
+        layer and direction (float32, no `proj_size` or `remat`, no `seq_lengths` for LSTM;
+        needs `pip install "jaxrnn[onednn]"`). "auto": "onednn" where it is installed, supports the
         call and measured faster (LSTM and GRU layers of 8 sequences or more, on CPU), else
         "xla".
 

@@ -66,7 +66,9 @@ def _unsupported(spec: RecurrentSpec, dtype, lengths, chunk) -> list[str]:
         f"the {jax.default_backend()!r} backend (CPU only)" if jax.default_backend() != "cpu" else None,
         f"dtype {jnp.dtype(dtype).name} (float32 only)" if jnp.dtype(dtype) != jnp.float32 else None,
         f"proj_size={spec.proj_size}" if spec.proj_size else None,
-        "seq_lengths (oneDNN has no per-sequence lengths)" if lengths is not None else None,
+        # oneDNN has no per-sequence lengths: RNN and GRU run over the padding and read each
+        # sequence's h_n off its outputs, but an LSTM's c after the last valid step is in none.
+        "seq_lengths for LSTM" if lengths is not None and spec.kind == "lstm" else None,
         "remat (oneDNN keeps its own residuals)" if chunk is not None else None,
     ]
     return [r for r in reasons if r]
@@ -414,11 +416,22 @@ def _kernel_weights(kind: str, w, d: int):
 
 
 def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask):
-    """`recurrence`'s contract (see `_recurrence`), run by oneDNN one direction at a time."""
+    """`recurrence`'s contract (see `_recurrence`), run by oneDNN one direction at a time.
+
+    With a mask (RNN and GRU only), oneDNN runs over the padding too, which `run_layer` has
+    zeroed and which comes after each sequence's valid steps in both directions; the outputs
+    there are set to 0 and `h_n` is read off the last valid step's output. Autodiff of that
+    gives the padding no gradient, as the scan's masked steps do.
+    """
     kind, activation = math_key
     ys, finals = [], []
     for d in range(xs.shape[1]):
         y, final = _direction(kind, activation, *_kernel_weights(kind, w, d), xs[:, d], tuple(s[d] for s in state0))
         ys.append(y)
         finals.append(final)
-    return jnp.stack(ys, 1), tuple(jnp.stack(parts) for parts in zip(*finals))
+    ys, finals = jnp.stack(ys, 1), tuple(jnp.stack(parts) for parts in zip(*finals))
+    if mask is None:
+        return ys, finals
+    last = mask[:, 0, :, 0].sum(0) - 1  # (B,) each sequence's last valid step
+    ys = jnp.where(mask, ys, 0)
+    return ys, (ys[last, :, jnp.arange(ys.shape[2])].swapaxes(0, 1),)
