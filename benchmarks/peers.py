@@ -221,10 +221,7 @@ class IsolatedRunner:
 
 
 def onednn_runner(module: torch.nn.Module, x, lengths, backward: bool):
-    """jaxrnn's `implementation="onednn"` where it applies (LSTM: no `seq_lengths`), in a
-    process without torch (see isolated.py)."""
-    if lengths is not None and isinstance(module, torch.nn.LSTM):
-        return None
+    """jaxrnn's `implementation="onednn"`, in a process without torch (see isolated.py)."""
     return IsolatedRunner(module, x, lengths, backward, "onednn")
 
 

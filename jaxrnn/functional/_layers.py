@@ -145,7 +145,7 @@ def run_layer(
         x = jnp.where(valid[..., None], x, 0)
     params = {k: jnp.asarray(v, dtype) for k, v in params.items()}
     if implementation == "auto":
-        implementation = "onednn" if fused_backward and _onednn.preferred(spec, dtype, lengths, chunk, B) else "xla"
+        implementation = "onednn" if fused_backward and _onednn.preferred(spec, dtype, chunk, B) else "xla"
     if implementation == "cudnn":
         if chunk is not None:
             raise ValueError("implementation='cudnn' keeps its own residuals; remat needs 'xla' or 'pallas'")
@@ -153,7 +153,7 @@ def run_layer(
         x, state = _cudnn.run_stack(spec, params, x, state0, lengths, precision, _cudnn.lstm_kernel())
     else:
         if implementation == "onednn":
-            _onednn.check_supported(spec, dtype, lengths, chunk)
+            _onednn.check_supported(spec, dtype, chunk)
         fused = {"pallas": recurrence_pallas, "onednn": _onednn.recurrence_onednn}.get(implementation, recurrence)
         loop = functools.partial(
             fused if fused_backward else recurrence_autodiff,
@@ -228,8 +228,8 @@ _LAYER_DOC = """
         "xla": `lax.scan`, on every device. "pallas": one fused kernel per layer for each of the
         forward and backward loops (Triton on GPU, Mosaic on TPU). "cudnn": the LSTM stack as
         one cuDNN call (CUDA GPUs). "onednn": oneDNN's fused CPU kernels, one host call per
-        layer and direction (float32, no `proj_size` or `remat`, no `seq_lengths` for LSTM;
-        needs `pip install "jaxrnn[onednn]"`). "auto": "onednn" where it is installed, supports the
+        layer and direction (float32, no `proj_size` or `remat`; needs
+        `pip install "jaxrnn[onednn]"`). "auto": "onednn" where it is installed, supports the
         call and measured faster (LSTM and GRU layers of 8 sequences or more, on CPU), else
         "xla".
 

@@ -60,26 +60,23 @@ SRC, SRC_ITER, SRC_ITER_C, DST, DST_ITER, DST_ITER_C = 1, 2, 3, 17, 18, 19
 W_LAYER, W_ITER, BIAS, WORKSPACE, SCRATCHPAD, DIFF = 33, 34, 41, 64, 80, 128
 
 
-def _unsupported(spec: RecurrentSpec, dtype, lengths, chunk) -> list[str]:
+def _unsupported(spec: RecurrentSpec, dtype, chunk) -> list[str]:
     """What of a call oneDNN cannot run, in words; empty if it can."""
     reasons = [
         f"the {jax.default_backend()!r} backend (CPU only)" if jax.default_backend() != "cpu" else None,
         f"dtype {jnp.dtype(dtype).name} (float32 only)" if jnp.dtype(dtype) != jnp.float32 else None,
         f"proj_size={spec.proj_size}" if spec.proj_size else None,
-        # oneDNN has no per-sequence lengths: RNN and GRU run over the padding and read each
-        # sequence's h_n off its outputs, but an LSTM's c after the last valid step is in none.
-        "seq_lengths for LSTM" if lengths is not None and spec.kind == "lstm" else None,
         "remat (oneDNN keeps its own residuals)" if chunk is not None else None,
     ]
     return [r for r in reasons if r]
 
 
-def preferred(spec: RecurrentSpec, dtype, lengths, chunk, batch: int) -> bool:
+def preferred(spec: RecurrentSpec, dtype, chunk, batch: int) -> bool:
     """Whether `implementation="auto"` runs oneDNN: where it is installed, supports the call and
     measured faster than the scan on the 2-core benchmark machine, LSTM and GRU layers of 8
     sequences or more (there an RNN step, or one sequence's, is too small to share out)."""
     fits = spec.kind in ("lstm", "gru") and batch >= 8
-    return fits and not _unsupported(spec, dtype, lengths, chunk) and _distribution() is not None
+    return fits and not _unsupported(spec, dtype, chunk) and _distribution() is not None
 
 
 def _distribution() -> metadata.Distribution | None:
@@ -89,8 +86,8 @@ def _distribution() -> metadata.Distribution | None:
         return None
 
 
-def check_supported(spec: RecurrentSpec, dtype, lengths, chunk) -> None:
-    reasons = _unsupported(spec, dtype, lengths, chunk)
+def check_supported(spec: RecurrentSpec, dtype, chunk) -> None:
+    reasons = _unsupported(spec, dtype, chunk)
     if reasons:
         raise ValueError(f"implementation='onednn' does not support {', '.join(reasons)}; use implementation='xla'")
 
@@ -415,18 +412,33 @@ def _kernel_weights(kind: str, w, d: int):
     return w_layer, w_iter, bias
 
 
+# An input column that is 1 in padded steps, with this weight on LSTM's (i, f, g, o) gates:
+# there i = sigmoid(-1e4) and f = sigmoid(1e4) round to 0 and 1 in float32 (and their slopes to
+# 0), so c passes through unchanged, and so does its gradient.
+_LSTM_PADDING_WEIGHT = (-1e4, 1e4, 0.0, 0.0)
+
+
 def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask):
     """`recurrence`'s contract (see `_recurrence`), run by oneDNN one direction at a time.
 
-    With a mask (RNN and GRU only), oneDNN runs over the padding too, which `run_layer` has
-    zeroed and which comes after each sequence's valid steps in both directions; the outputs
-    there are set to 0 and `h_n` is read off the last valid step's output. Autodiff of that
-    gives the padding no gradient, as the scan's masked steps do.
+    oneDNN has no per-sequence lengths. With a mask it runs over the padding too, which
+    `run_layer` has zeroed and which comes after each sequence's valid steps in both directions:
+    the outputs there are set to 0 and `h_n` is read off the last valid step's output. An
+    LSTM's `c_n` is in no output, so an extra input column holds `c` fixed in padded steps (its
+    input and forget gates saturate to 0 and 1), and the final `c` is `c_n`. Autodiff of
+    all this gives the padding no gradient, as the scan's masked steps do.
     """
     kind, activation = math_key
+    padded = None if mask is None else (~mask[:, 0]).astype(xs.dtype)  # (T, B, 1)
     ys, finals = [], []
     for d in range(xs.shape[1]):
-        y, final = _direction(kind, activation, *_kernel_weights(kind, w, d), xs[:, d], tuple(s[d] for s in state0))
+        w_layer, w_iter, bias = _kernel_weights(kind, w, d)
+        x = xs[:, d]
+        if padded is not None and kind == "lstm":
+            gate_weights = jnp.asarray(_LSTM_PADDING_WEIGHT, w_layer.dtype)[:, None, None]
+            column = jnp.repeat(gate_weights, w_layer.shape[1], axis=1)  # (4, H, 1)
+            w_layer, x = jnp.concatenate([w_layer, column], -1), jnp.concatenate([x, padded], -1)
+        y, final = _direction(kind, activation, w_layer, w_iter, bias, x, tuple(s[d] for s in state0))
         ys.append(y)
         finals.append(final)
     ys, finals = jnp.stack(ys, 1), tuple(jnp.stack(parts) for parts in zip(*finals))
@@ -434,4 +446,4 @@ def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask):
         return ys, finals
     last = mask[:, 0, :, 0].sum(0) - 1  # (B,) each sequence's last valid step
     ys = jnp.where(mask, ys, 0)
-    return ys, (ys[last, :, jnp.arange(ys.shape[2])].swapaxes(0, 1),)
+    return ys, (ys[last, :, jnp.arange(ys.shape[2])].swapaxes(0, 1), *finals[1:])
