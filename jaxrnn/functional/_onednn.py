@@ -429,12 +429,13 @@ def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask):
     all this gives the padding no gradient, as the scan's masked steps do.
     """
     kind, activation = math_key
-    padded = None if mask is None else (~mask[:, 0]).astype(xs.dtype)  # (T, B, 1)
+    # The LSTM's extra input column: 1 in padded steps (T, B, 1).
+    padded = (~mask[:, 0]).astype(xs.dtype) if mask is not None and kind == "lstm" else None
     ys, finals = [], []
     for d in range(xs.shape[1]):
         w_layer, w_iter, bias = _kernel_weights(kind, w, d)
         x = xs[:, d]
-        if padded is not None and kind == "lstm":
+        if padded is not None:
             gate_weights = jnp.asarray(_LSTM_PADDING_WEIGHT, w_layer.dtype)[:, None, None]
             column = jnp.repeat(gate_weights, w_layer.shape[1], axis=1)  # (4, H, 1)
             w_layer, x = jnp.concatenate([w_layer, column], -1), jnp.concatenate([x, padded], -1)
