@@ -33,6 +33,9 @@ from rich.progress import track  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 from peers import GPU_PEERS, PEERS  # noqa: E402
 
+from jaxrnn.functional import RecurrentSpec  # noqa: E402
+from jaxrnn.functional._onednn import preferred  # noqa: E402
+
 PEERS = GPU_PEERS if GPU else PEERS
 OURS = [name for name in PEERS if name.startswith("jaxrnn")]  # jaxrnn's implementations
 OTHERS = [name for name in PEERS if name not in OURS]
@@ -125,6 +128,9 @@ def measure(row, repeats: int, rng) -> dict:
     for run in runs.values():
         getattr(run, "close", lambda: None)()
     result["best"] = min(result[name] for name in OURS if name in result)
+    if not GPU:  # `implementation="auto"`: the measured time of the implementation it picks here
+        spec = RecurrentSpec(kind, H, H, num_layers, bidirectional=bidirectional)
+        result["auto"] = result.get("jaxrnn onednn" if preferred(spec, jnp.float32, None, B) else "jaxrnn")
     result["gflops"] = flops(kind, mode, B, T, H, num_layers, bidirectional) / (result["best"] * 1e-3) / 1e9
     return result
 
@@ -153,6 +159,9 @@ def machine() -> str:
     return f"CPU, {THREADS} threads for every peer (XLA intra-op threads, `torch.set_num_threads`)"
 
 
+AUTO_NOTE = "" if GPU else "; jaxrnn auto: `implementation='auto'`, the time of the implementation it picks for the row"
+
+
 def write_results(rows, results, peak, path_md, path_png, quick, repeats):
     pairs = [(ours, peer) for peer in OTHERS for ours in OURS]
     short = {name: name.removeprefix("jaxrnn").strip() or "default" for name in OURS}
@@ -164,7 +173,7 @@ def write_results(rows, results, peak, path_md, path_png, quick, repeats):
         f"float32; jax {jax.__version__}, torch {torch.__version__}; medians of {repeats} or more calls, "
         "timed in turns of 3 per peer, each turn after one untimed call. "
         "Ratio = jaxrnn time / peer time (< 1: jaxrnn is faster), for each of jaxrnn's implementations "
-        f"({described}). "
+        f"({described}{AUTO_NOTE}). "
         f"Large-matmul peak on this machine: {peak:.0f} GFLOP/s (the best float32 matmul of XLA"
         f"{'' if GPU else ' and torch'}); GFLOP/s of the faster jaxrnn. "
         f"Produced by `{'BENCH_DEVICE=gpu ' if GPU else ''}python benchmarks/run.py{' --quick' if quick else ''}`.",
@@ -181,12 +190,12 @@ def write_results(rows, results, peak, path_md, path_png, quick, repeats):
             + f" | {r['gflops']:.0f} ({r['gflops'] / peak:.0%}) | {r['jaxrnn_compile']:.1f} |"
         )
     lines += ["", "| ratio | rows | worst | geometric mean |", "|---|---|---|---|"]
-    for ours in [*OURS, "best"]:
+    summaries = {**{ours: ours for ours in OURS}, "auto": "jaxrnn auto", "best": "faster jaxrnn"}
+    for ours, name in summaries.items():
         for peer in OTHERS:
-            measured = [(ratio(r, ours, peer), row) for row, r in zip(rows, results) if ours in r and peer in r]
+            measured = [(ratio(r, ours, peer), row) for row, r in zip(rows, results) if r.get(ours) and peer in r]
             if measured:
                 worst, worst_row = max(measured, key=lambda m: m[0])
-                name = "faster jaxrnn" if ours == "best" else ours
                 lines.append(
                     f"| {name} / {peer} | {len(measured)} | {worst:.2f} ({label(worst_row)}) "
                     f"| {geomean([m[0] for m in measured]):.2f} |"

@@ -17,4 +17,5 @@ def test_quick_benchmark_writes_results(tmp_path):
     table = (tmp_path / "RESULTS.md").read_text()
     assert "| LSTM 4/20/16 fwd+bwd |" in table
     assert "| jaxrnn / torch | 1 |" in table and "| jaxrnn onednn / torch | 1 |" in table
+    assert "| jaxrnn auto / torch | 1 |" in table
     assert (tmp_path / "results.png").stat().st_size > 1000
