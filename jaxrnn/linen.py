@@ -125,7 +125,8 @@ _LAYER_ARGS = """
       batch_first: `x` and `output` are `(B, T, feature)` instead of `(T, B, feature)`.
       dropout: probability of zeroing the outputs of every layer but the last in training.
       bidirectional: add a reverse direction; outputs concatenate `[forward, reverse]`.
-      {proj}dtype: computation dtype (keyword-only); None: promoted from inputs and params.
+      {proj}dtype: dtype of the matmul operands and results (keyword-only); None: promoted from
+        inputs and params. A 16-bit float runs the gate math and the state in float32.
       param_dtype: parameter storage dtype (keyword-only), default float32.
       precision: matmul precision (keyword-only); `jax.lax.Precision.HIGHEST` also evaluates
         tanh and sigmoid in float32 to within about an ulp, for 10-35% more time on CPU.

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from ._checks import check_hx, check_x
 from ._layers import Params
 from ._math import LSTMState, cell_math, is_highest
+from ._recurrence import compute_dtype, mixed_matmul
 from ._spec import RecurrentSpec
 
 
@@ -22,14 +23,15 @@ def run_cell(spec: RecurrentSpec, params: Params, x, hx, *, dtype=None, precisio
     """One step of the cell that `spec` describes; `params` must fit it."""
     x = check_x(spec, x, ("B",))
     dtype = dtype or jnp.result_type(x, *params.values())
-    state = check_hx(spec, hx, x.shape[:-1], dtype)
+    state = tuple(s.astype(compute_dtype(dtype)) for s in check_hx(spec, hx, x.shape[:-1], dtype))
     p = {k: jnp.asarray(v, dtype) for k, v in params.items()}
-    xp = jnp.matmul(x.astype(dtype), p["weight_ih"].T, precision=precision)
-    hh = jnp.matmul(state[0], p["weight_hh"].T, precision=precision)
+    xp = mixed_matmul(jnp.matmul, x, p["weight_ih"].T, precision)
+    hh = mixed_matmul(jnp.matmul, state[0], p["weight_hh"].T, precision)
     if spec.bias:
         xp, hh = xp + p["bias_ih"], hh + p["bias_hh"]
     math = cell_math(spec.kind, spec.nonlinearity, is_highest(precision))
     h, rest = math.update(math.combine(xp, hh), state)
+    h, rest = h.astype(dtype), tuple(r.astype(dtype) for r in rest)
     return LSTMState(h, *rest) if spec.kind == "lstm" else h
 
 
@@ -39,7 +41,9 @@ _CELL_DOC = """
         `weight_hh` `(G * hidden_size, hidden_size)`, and `bias_ih`, `bias_hh` unless bias=False.
       x: `(B, input_size)` or unbatched `(input_size,)`.
       hx: {hx}, with the batch axis of `x`; zeros when None.
-      dtype: the computation dtype; default: the promoted dtype of `x` and `params`.
+      dtype: the dtype of the matmuls' operands and of the results; default: the promoted
+        dtype of `x` and `params`. A 16-bit float's matmuls accumulate in float32, and the
+        gate math and the state run in float32, as in torch's fused kernels.
       precision: matmul precision (`jax.lax.Precision`); None uses JAX's default.
 
     Returns:

@@ -12,7 +12,7 @@ from . import _cudnn, _onednn
 from ._checks import check_dropout, check_hx, check_lengths, check_x
 from ._math import LSTMState
 from ._pallas import recurrence_pallas
-from ._recurrence import LoopWeights, recurrence, recurrence_autodiff
+from ._recurrence import LoopWeights, compute_dtype, recurrence, recurrence_autodiff
 from ._spec import RecurrentSpec
 
 Params = Mapping[str, jax.Array]
@@ -134,7 +134,7 @@ def run_layer(
     if remat is True:
         chunk = max(1, round(T**0.5))
     lead = (spec.num_directions * spec.num_layers,) + ((B,) if batched else ())
-    state0 = tuple(s if batched else s[:, None] for s in check_hx(spec, hx, lead, dtype))
+    state0 = tuple((s if batched else s[:, None]).astype(compute_dtype(dtype)) for s in check_hx(spec, hx, lead, dtype))
     lengths = check_lengths(seq_lengths, T, (B,) if batched else ())
     mask = None
     if lengths is not None:
@@ -162,6 +162,7 @@ def run_layer(
             precision,
         )
         x, state = _run_layers(spec, params, x, state0, lengths, mask, loop, chunk, dropout, dropout_key)
+    x, state = x.astype(dtype), tuple(s.astype(dtype) for s in state)
     if not batched:
         x, state = x[:, 0], tuple(s[:, 0] for s in state)
     elif batch_first:
@@ -212,7 +213,9 @@ _LAYER_DOC = """
       batch_first: `x` and `output` are `(B, T, ...)`.
       dropout: probability of zeroing the outputs of every layer but the last.
       dropout_key: PRNG key; dropout is applied only when one is given.
-      dtype: the computation dtype; default: the promoted dtype of `x` and `params`.
+      dtype: the dtype of the matmuls' operands and of the results; default: the promoted
+        dtype of `x` and `params`. A 16-bit float's matmuls accumulate in float32, and the
+        gate math and the state run in float32, as in torch's fused kernels.
       precision: matmul precision (`jax.lax.Precision`); None uses JAX's default. HIGHEST also
         evaluates tanh and sigmoid in float32 to within about an ulp (XLA:CPU's tanh is off by
         up to 4.6 ulp), which costs 10-35% more time on CPU.
