@@ -25,9 +25,14 @@ from jaxrnn.functional._cudnn import pack_weights
 from jaxrnn.functional._spec import RecurrentSpec
 
 
+def dtype_of(module: torch.nn.Module) -> jnp.dtype:
+    """The dtype of the row: that of the torch module's weights, which every peer computes in."""
+    return jnp.dtype(str(next(module.parameters()).dtype).removeprefix("torch."))
+
+
 def torch_runner(module: torch.nn.Module, x: np.ndarray, lengths, backward: bool, device: str = "cpu"):
     module = copy.deepcopy(module).to(device)
-    x_t = torch.tensor(x, requires_grad=backward, device=device)
+    x_t = torch.tensor(x, requires_grad=backward, device=device, dtype=next(module.parameters()).dtype)
     lengths_t = None if lengths is None else torch.tensor(lengths)  # packing takes them on the CPU
     synchronize = torch.cuda.synchronize if device == "cuda" else lambda: None
 
@@ -56,7 +61,6 @@ def torch_runner(module: torch.nn.Module, x: np.ndarray, lengths, backward: bool
 
 def _jax_runner(apply, params, x, lengths, backward: bool):
     """jit `apply(params, x, lengths)`; in backward mode, its gradient w.r.t. params and x."""
-    x = jnp.asarray(x)
     lengths = None if lengths is None else jnp.asarray(lengths)
     if backward:
         fn = jax.jit(jax.grad(lambda p, x: apply(p, x, lengths).sum(), argnums=(0, 1)))
@@ -68,6 +72,7 @@ def _jax_runner(apply, params, x, lengths, backward: bool):
 def jaxrnn_runner(module: torch.nn.Module, x, lengths, backward: bool, implementation: str | None = None):
     if implementation == "cudnn" and not isinstance(module, torch.nn.LSTM):
         return None
+    x = jnp.asarray(x, dtype_of(module))
     return jaxrnn_model_runner(*module_from_torch(module, implementation=implementation), x, lengths, backward)
 
 
@@ -78,7 +83,7 @@ def jaxrnn_model_runner(model, variables, x, lengths, backward: bool):
 
 def experimental_rnn_runner(module: torch.nn.Module, x, lengths, backward: bool):
     """`jax.experimental.rnn.lstm`, JAX's own cuDNN LSTM (CUDA GPUs only), batch-first."""
-    if not isinstance(module, torch.nn.LSTM):
+    if not isinstance(module, torch.nn.LSTM) or dtype_of(module) != jnp.float32:
         return None
     from jax.experimental import rnn
 
@@ -94,16 +99,13 @@ def experimental_rnn_runner(module: torch.nn.Module, x, lengths, backward: bool)
                            spec.num_layers, 0.0, spec.bidirectional)
         return y
 
-    return _jax_runner(apply, weights, x, n, backward)
+    return _jax_runner(apply, weights, jnp.asarray(x), n, backward)
 
 
 # Flax's own cells with their own initialisation: the weights' values do not change the time.
-def _flax_cell(kind: str, hidden: int):
-    if kind == "lstm":
-        return nn.OptimizedLSTMCell(hidden)
-    if kind == "gru":
-        return nn.GRUCell(hidden)
-    return nn.SimpleCell(hidden)
+def _flax_cell(kind: str, hidden: int, dtype):
+    cell = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell, "rnn": nn.SimpleCell}[kind]
+    return cell(hidden, dtype=dtype, param_dtype=dtype)
 
 
 class _FlaxStack(nn.Module):
@@ -111,13 +113,14 @@ class _FlaxStack(nn.Module):
     hidden: int
     num_layers: int
     bidirectional: bool
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, seq_lengths):  # x (T, B, I), time-major as torch's default
         for _ in range(self.num_layers):
-            forward = nn.RNN(_flax_cell(self.kind, self.hidden), time_major=True)
+            forward = nn.RNN(_flax_cell(self.kind, self.hidden, self.dtype), time_major=True)
             if self.bidirectional:
-                backward = nn.RNN(_flax_cell(self.kind, self.hidden), time_major=True)
+                backward = nn.RNN(_flax_cell(self.kind, self.hidden, self.dtype), time_major=True)
                 x = nn.Bidirectional(forward, backward, time_major=True)(x, seq_lengths=seq_lengths)
             else:
                 x = forward(x, seq_lengths=seq_lengths)
@@ -127,6 +130,11 @@ class _FlaxStack(nn.Module):
 def flax_runner(module: torch.nn.Module, x, lengths, backward: bool, kind: str):
     stack = _FlaxStack(kind, module.hidden_size, module.num_layers, module.bidirectional)
     variables = stack.init(jax.random.key(0), jnp.asarray(x), None)  # Flax's own init: speed only
+    # Flax's initialisers refuse bfloat16 (and SimpleCell's carry follows its param_dtype), so
+    # the params are made in float32 and cast.
+    dtype = dtype_of(module)
+    stack, variables = stack.clone(dtype=dtype), jax.tree.map(lambda a: a.astype(dtype), variables)
+    x = jnp.asarray(x, dtype)
     return _jax_runner(lambda v, x, n: stack.apply(v, x, n), variables, x, lengths, backward)
 
 
@@ -142,6 +150,8 @@ def equinox_runner(module: torch.nn.Module, x, lengths, backward: bool, kind: st
             cells.append([_EqxRNNCell(size, module.hidden_size, next(keys)) for _ in range(directions)])
         else:
             cells.append([cls(size, module.hidden_size, key=next(keys)) for _ in range(directions)])
+    dtype = dtype_of(module)
+    cells = jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, cells)
 
     def apply(cells, x, lengths):
         T, B = x.shape[:2]
@@ -166,7 +176,7 @@ def equinox_runner(module: torch.nn.Module, x, lengths, backward: bool, kind: st
             x = jnp.concatenate(outs, -1)
         return x
 
-    return _jax_runner(apply, cells, x, lengths, backward)
+    return _jax_runner(apply, cells, jnp.asarray(x, dtype), lengths, backward)
 
 
 class _EqxRNNCell(eqx.Module):
@@ -221,7 +231,9 @@ class IsolatedRunner:
 
 
 def onednn_runner(module: torch.nn.Module, x, lengths, backward: bool):
-    """jaxrnn's `implementation="onednn"`, in a process without torch (see isolated.py)."""
+    """jaxrnn's `implementation="onednn"` (float32 only), in a process without torch (see isolated.py)."""
+    if dtype_of(module) != jnp.float32:
+        return None
     return IsolatedRunner(module, x, lengths, backward, "onednn")
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                    # the full grid (a few minutes on 2 cores)
     python benchmarks/run.py --quick            # tiny sizes, as CI runs it
+    python benchmarks/run.py --dtype bfloat16   # every peer in bfloat16 (RESULTS_BFLOAT16.md)
     BENCH_DEVICE=gpu python benchmarks/run.py   # on a CUDA GPU, against cuDNN
 
 Every peer runs on the same torch weights and inputs with the same thread count; times are
@@ -82,14 +83,15 @@ def interleaved_medians(runs: dict, repeats: int, block: int = 3) -> dict[str, f
     return {name: float(np.median(t)) * 1e3 for name, t in times.items()}
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """The machine's large-matmul rate: the best of `repeats` float32 `n x n` matmuls by XLA and,
-    on CPU, by torch (whose BLAS can be the faster), so that no row's fraction of it exceeds 1."""
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
+def matmul_peak_gflops(dtype: str, n: int = 2048, repeats: int = 5) -> float:
+    """The machine's large-matmul rate: the best of `repeats` `n x n` matmuls in `dtype` by XLA
+    (into float32, as jaxrnn's) and, on CPU, by torch (whose BLAS can be the faster), so that no
+    row's fraction of it exceeds 1."""
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32))
     runs = [lambda: f(a).block_until_ready()]
     if not GPU:
-        t = torch.ones(n, n)
+        t = torch.ones(n, n, dtype=getattr(torch, dtype))
         runs.append(lambda: t @ t)
     best = min(min(_seconds(run) for _ in range(repeats + 1)) for run in runs)
     return 2 * n**3 / best / 1e9
@@ -105,10 +107,10 @@ def flops(kind, mode, B, T, H, num_layers, bidirectional) -> float:
     return total * (3 if mode == "fwd+bwd" else 1)
 
 
-def measure(row, repeats: int, rng) -> dict:
+def measure(row, repeats: int, rng, dtype: str) -> dict:
     kind, mode, B, T, H, num_layers, bidirectional, varlen = row
     torch_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
-    module = torch_cls(H, H, num_layers=num_layers, bidirectional=bidirectional)
+    module = torch_cls(H, H, num_layers=num_layers, bidirectional=bidirectional).to(getattr(torch, dtype))
     x = rng.standard_normal((T, B, H)).astype(np.float32)
     lengths = rng.integers(T // 2, T + 1, B) if varlen else None
     if varlen:
@@ -130,7 +132,7 @@ def measure(row, repeats: int, rng) -> dict:
     result["best"] = min(result[name] for name in OURS if name in result)
     if not GPU:  # `implementation="auto"`: the measured time of the implementation it picks here
         spec = RecurrentSpec(kind, H, H, num_layers, bidirectional=bidirectional)
-        result["auto"] = result.get("jaxrnn onednn" if preferred(spec, jnp.float32, None, B) else "jaxrnn")
+        result["auto"] = result.get("jaxrnn onednn" if preferred(spec, jnp.dtype(dtype), None, B) else "jaxrnn")
     result["gflops"] = flops(kind, mode, B, T, H, num_layers, bidirectional) / (result["best"] * 1e-3) / 1e9
     return result
 
@@ -162,7 +164,7 @@ def machine() -> str:
 AUTO_NOTE = "" if GPU else "; jaxrnn auto: `implementation='auto'`, the time of the implementation it picks for the row"
 
 
-def write_results(rows, results, peak, path_md, path_png, quick, repeats):
+def write_results(rows, results, peak, path_md, path_png, quick, repeats, dtype):
     pairs = [(ours, peer) for peer in OTHERS for ours in OURS]
     short = {name: name.removeprefix("jaxrnn").strip() or "default" for name in OURS}
     described = ", ".join(f"{n}: `implementation={short[n]!r}`" if n != "jaxrnn" else f"{n}: the default" for n in OURS)
@@ -170,13 +172,14 @@ def write_results(rows, results, peak, path_md, path_png, quick, repeats):
         "# Benchmark results",
         "",
         f"{machine()}; "
-        f"float32; jax {jax.__version__}, torch {torch.__version__}; medians of {repeats} or more calls, "
+        f"{dtype}; jax {jax.__version__}, torch {torch.__version__}; medians of {repeats} or more calls, "
         "timed in turns of 3 per peer, each turn after one untimed call. "
         "Ratio = jaxrnn time / peer time (< 1: jaxrnn is faster), for each of jaxrnn's implementations "
         f"({described}{AUTO_NOTE}). "
-        f"Large-matmul peak on this machine: {peak:.0f} GFLOP/s (the best float32 matmul of XLA"
+        f"Large-matmul peak on this machine: {peak:.0f} GFLOP/s (the best {dtype} matmul of XLA"
         f"{'' if GPU else ' and torch'}); GFLOP/s of the faster jaxrnn. "
-        f"Produced by `{'BENCH_DEVICE=gpu ' if GPU else ''}python benchmarks/run.py{' --quick' if quick else ''}`.",
+        f"Produced by `{'BENCH_DEVICE=gpu ' if GPU else ''}python benchmarks/run.py"
+        f"{' --quick' if quick else ''}{'' if dtype == 'float32' else f' --dtype {dtype}'}`.",
         "",
         "| case (B/T/H) | " + " | ".join(f"{p} ms" for p in PEERS)
         + " | " + " | ".join(f"{short[o]} /{p}" for o, p in pairs) + " | GFLOP/s (of peak) | compile s |",
@@ -230,28 +233,32 @@ def main():
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for CI")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--only", default="", help="run rows whose label contains this text")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="the dtype of every peer's weights and inputs")
     parser.add_argument("--out", default=HERE, help="folder for RESULTS.md and results.png (_GPU, _gpu on a GPU)")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     rng = np.random.default_rng(0)
     rows = [r for r in cases(args.quick) if args.only in label(r)]
-    peak = matmul_peak_gflops(256 if args.quick else 2048, args.repeats)
+    peak = matmul_peak_gflops(args.dtype, 256 if args.quick else 2048, args.repeats)
     results = []
     console = Console()
     for row in track(rows, description="benchmarking", console=console):
-        results.append(measure(row, args.repeats, rng))
+        results.append(measure(row, args.repeats, rng, args.dtype))
         r = results[-1]
         console.print(
             f"{label(row):32s} " + " | ".join(f"{p} {r[p]:8.2f}" for p in PEERS if p in r)
             + " | faster jaxrnn / " + " ".join(f"{p} {ratio(r, 'best', p):.2f}" for p in OTHERS if p in r)
         )
     os.makedirs(args.out, exist_ok=True)
+    suffix = ("_GPU" if GPU else "") + ("" if args.dtype == "float32" else f"_{args.dtype.upper()}")
     write_results(
         rows, results, peak,
-        os.path.join(args.out, "RESULTS_GPU.md" if GPU else "RESULTS.md"),
-        os.path.join(args.out, "results_gpu.png" if GPU else "results.png"),
+        os.path.join(args.out, f"RESULTS{suffix}.md"),
+        os.path.join(args.out, f"results{suffix.lower()}.png"),
         args.quick,
         args.repeats,
+        args.dtype,
     )
 
 

@@ -6,16 +6,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HARNESS = Path(__file__).parent.parent / "benchmarks" / "run.py"
 
 
-def test_quick_benchmark_writes_results(tmp_path):
+@pytest.mark.parametrize("dtype, suffix", [("float32", ""), ("bfloat16", "_BFLOAT16")])
+def test_quick_benchmark_writes_results(dtype, suffix, tmp_path):
     subprocess.run(
-        [sys.executable, str(HARNESS), "--quick", "--repeats", "2", "--only", "LSTM 4/20/16 fwd+bwd", "--out", str(tmp_path)],
+        [sys.executable, str(HARNESS), "--quick", "--repeats", "2", "--only", "LSTM 4/20/16 fwd+bwd",
+         "--dtype", dtype, "--out", str(tmp_path)],
         check=True, capture_output=True,
     )
-    table = (tmp_path / "RESULTS.md").read_text()
-    assert "| LSTM 4/20/16 fwd+bwd |" in table
-    assert "| jaxrnn / torch | 1 |" in table and "| jaxrnn onednn / torch | 1 |" in table
-    assert "| jaxrnn auto / torch | 1 |" in table
-    assert (tmp_path / "results.png").stat().st_size > 1000
+    table = (tmp_path / f"RESULTS{suffix}.md").read_text()
+    assert f"; {dtype}; " in table and "| LSTM 4/20/16 fwd+bwd |" in table
+    for ratio in ("jaxrnn / torch", "jaxrnn auto / torch", "jaxrnn / flax", "jaxrnn / equinox"):
+        assert f"| {ratio} | 1 |" in table
+    assert ("| jaxrnn onednn / torch | 1 |" in table) == (dtype == "float32")  # oneDNN: float32 only
+    assert (tmp_path / f"results{suffix.lower()}.png").stat().st_size > 1000
