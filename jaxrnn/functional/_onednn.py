@@ -119,7 +119,11 @@ class _OneDNN:
         self.check(lib.dnnl_primitive_attr_create(ctypes.byref(self.attr)))
         self.check(lib.dnnl_primitive_attr_set_scratchpad_mode(self.attr, _SCRATCHPAD_USER))
         self.scratchpad = _empty(0)
-        # Every host call runs on this one thread (see `_host_call`).
+        self.lock = threading.Lock()
+        # oneDNN runs on one thread of its own: XLA calls back from any of its threads, each of
+        # which would get an OpenMP team of its own, and with more OpenMP threads than cores
+        # OpenMP stops spinning at its barriers (an LSTM step has several): 21 ms instead of 9
+        # for an LSTM forward at B=32, T=100, H=128.
         self.thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onednn")
         self.handles = itertools.count()
         self.workspaces: dict[int, np.ndarray] = {}  # handle -> the workspace of one forward
@@ -129,7 +133,7 @@ class _OneDNN:
         self.packs: dict[int, np.ndarray] = {}  # argument id -> buffer of packed weights
 
     def packed(self, arg: int, nbytes: int) -> np.ndarray:
-        """A buffer for packed weights, reused from call to call."""
+        """A buffer for packed weights, reused from call to call (the caller holds `lock`)."""
         if self.packs.get(arg, _empty(0)).nbytes < nbytes:
             self.packs[arg] = _empty(nbytes)
         return self.packs[arg][:nbytes]
@@ -171,7 +175,8 @@ class _OneDNN:
         return self.lib.dnnl_memory_desc_get_size(self.desc_of(pd, query, index))
 
     def execute(self, pd, prim, arrays: dict[int, np.ndarray]) -> None:
-        """Run `prim` on `arrays` by execution argument id, each checked against its size."""
+        """Run `prim` on `arrays` by execution argument id, each checked against its size. The
+        caller holds `lock`."""
         scratchpad = self.size(pd, _QUERY_SCRATCHPAD)
         if self.scratchpad.nbytes < scratchpad:
             self.scratchpad = _empty(scratchpad)
@@ -188,8 +193,12 @@ class _OneDNN:
                     ctypes.byref(memory), md, self.engine, ctypes.c_void_p(array.ctypes.data)))
                 memories.append((arg, memory))
             args = (_Arg * len(memories))(*[_Arg(arg, memory) for arg, memory in memories])
-            self.check(self.lib.dnnl_primitive_execute(prim, self.stream, len(memories), args))
-            self.check(self.lib.dnnl_stream_wait(self.stream))
+
+            def run():
+                self.check(self.lib.dnnl_primitive_execute(prim, self.stream, len(memories), args))
+                self.check(self.lib.dnnl_stream_wait(self.stream))
+
+            self.thread.submit(run).result()
         finally:
             for _, memory in memories:
                 self.lib.dnnl_memory_destroy(memory)
@@ -200,7 +209,7 @@ _SETUP = threading.Lock()
 
 def _onednn() -> _OneDNN:
     """The one `_OneDNN` of the process. XLA may make its first two host calls at once (the two
-    directions of a layer); without the lock each made an instance, with an engine and a thread of
+    directions of a layer); without the lock each made an instance, with an engine and a lock of
     its own, and one ran the other's primitives: "oneDNN call failed with status 2" in 2 of 12
     fresh processes, on the first call of a bidirectional LSTM."""
     with _SETUP:
@@ -264,18 +273,19 @@ def _host_forward(kind, activation, training, outputs, w_layer, w_iter, bias, x,
     arrays = {SRC: x, W_LAYER: w_layer, W_ITER: w_iter, BIAS: bias, DST: y}
     arrays |= dict(zip((SRC_ITER, SRC_ITER_C), state)) | dict(zip((DST_ITER, DST_ITER_C), final))  # h, then c
     dnn = _onednn()
-    (pd, prim), workspace_bytes, packs = _primitives(kind, activation, T, B, I, H, training)
-    if not training:
-        for arg, (pack_pd, pack) in packs.items():
-            packed = dnn.packed(arg, dnn.size(pack_pd, _QUERY_ARG, DST))
-            dnn.execute(pack_pd, pack, {SRC: arrays[arg], DST: packed})
-            arrays[arg] = packed
-        dnn.execute(pd, prim, arrays)
-        return
-    workspace = dnn.take_workspace(workspace_bytes)
-    dnn.execute(pd, prim, arrays | {WORKSPACE: workspace})
-    handle = next(dnn.handles) % 2**31
-    dnn.workspaces[handle] = workspace
+    with dnn.lock:  # XLA may run independent callbacks (two directions) at once
+        (pd, prim), workspace_bytes, packs = _primitives(kind, activation, T, B, I, H, training)
+        if not training:
+            for arg, (pack_pd, pack) in packs.items():
+                packed = dnn.packed(arg, dnn.size(pack_pd, _QUERY_ARG, DST))
+                dnn.execute(pack_pd, pack, {SRC: arrays[arg], DST: packed})
+                arrays[arg] = packed
+            dnn.execute(pd, prim, arrays)
+            return
+        workspace = dnn.take_workspace(workspace_bytes)
+        dnn.execute(pd, prim, arrays | {WORKSPACE: workspace})
+        handle = next(dnn.handles) % 2**31
+        dnn.workspaces[handle] = workspace
     outputs[-1][...] = handle
 
 
@@ -297,33 +307,27 @@ def _host_backward(kind, activation, n, outputs, w_layer_t, w_iter_t, bias, x, y
     for first, group in ((SRC_ITER, state), (DST_ITER, final), (DIFF + SRC_ITER, d_state), (DIFF + DST_ITER, d_final)):
         arrays |= dict(zip((first, first + 1), group))  # h, then LSTM's c
     dnn = _onednn()
-    _, _, (pd, prim) = _primitives(kind, activation, T, B, I, H, True)
-    workspace = dnn.workspaces.pop(int(handle), None)
-    if workspace is None:
-        raise RuntimeError(
-            "implementation='onednn': this forward's residuals were already used; a forward pass "
-            "serves one backward pass (use implementation='xla' to differentiate it again)"
-        )
-    try:
-        dnn.execute(pd, prim, arrays | {WORKSPACE: workspace})
-    finally:
-        dnn.give_back(workspace)
+    with dnn.lock:
+        _, _, (pd, prim) = _primitives(kind, activation, T, B, I, H, True)
+        workspace = dnn.workspaces.pop(int(handle), None)
+        if workspace is None:
+            raise RuntimeError(
+                "implementation='onednn': this forward's residuals were already used; a forward pass "
+                "serves one backward pass (use implementation='xla' to differentiate it again)"
+            )
+        try:
+            dnn.execute(pd, prim, arrays | {WORKSPACE: workspace})
+        finally:
+            dnn.give_back(workspace)
 
 
 def _host_call(host_fn, result_shapes, *args, has_side_effect: bool = False):
     """`host_fn(outputs, *args)` on the host, on numpy views of XLA's own buffers: it writes its
     outputs in place, so nothing is copied in or out (`pure_callback` copied every output: 0.9 ms
-    for 1.6 MB, and took 77 us a call against 14 us).
-
-    `host_fn` runs on oneDNN's one thread, not on the XLA thread that calls back: each of XLA's
-    threads would get an OpenMP team of its own, and with more OpenMP threads than cores OpenMP
-    stops spinning at its barriers (an LSTM step has several): 21 ms instead of 9 for an LSTM
-    forward at B=32, T=100, H=128. One thread also keeps the calls from running at once (XLA
-    may call back for a layer's two directions together)."""
+    for 1.6 MB, and took 77 us a call against 14 us)."""
 
     def callback(_, outputs, *args):
-        outputs, args = [_host(a) for a in outputs], [_host(a) for a in args]
-        _onednn().thread.submit(host_fn, outputs, *args).result()
+        host_fn([_host(a) for a in outputs], *(_host(a) for a in args))
 
     call = buffer_callback(callback, result_shapes, has_side_effect=has_side_effect, vmap_method="sequential")
     return call(*args)
