@@ -9,13 +9,14 @@ imported here, with the harness, but never runs, so it has no OpenMP threads).
 from __future__ import annotations
 
 
-def serve(connection, state_dict, nonlinearity, x, lengths, backward, implementation) -> None:
-    """Build and compile the layer, say "ready", then run it once per "run" received."""
+def serve(connection, state_dict, nonlinearity, x, lengths, backward, implementation, dtype) -> None:
+    """Build and compile the layer (computing in `dtype`, from float32 weights and `x`), say
+    "ready", then run it once per "run" received."""
     from peers import jaxrnn_model_runner
 
     from jaxrnn.convert import module_from_torch
 
-    layer = module_from_torch(state_dict, nonlinearity=nonlinearity, implementation=implementation)
+    layer = module_from_torch(state_dict, nonlinearity=nonlinearity, implementation=implementation, dtype=dtype)
     run = jaxrnn_model_runner(*layer, x, lengths, backward)
     run()
     connection.send("ready")

@@ -22,6 +22,7 @@ import torch
 import jaxrnn
 from jaxrnn.convert import module_from_torch
 from jaxrnn.functional._cudnn import pack_weights
+from jaxrnn.functional._onednn import DATA_TYPES
 from jaxrnn.functional._spec import RecurrentSpec
 
 
@@ -201,10 +202,12 @@ class IsolatedRunner:
     def __init__(self, module: torch.nn.Module, x, lengths, backward: bool, implementation: str):
         context = multiprocessing.get_context("spawn")
         self.connection, child = context.Pipe()
-        state_dict = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+        state_dict = {k: v.detach().float().numpy() for k, v in module.state_dict().items()}
         nonlinearity = getattr(module, "nonlinearity", "tanh")
+        dtype = dtype_of(module).name
         self.process = context.Process(
-            target=isolated.serve, args=(child, state_dict, nonlinearity, x, lengths, backward, implementation),
+            target=isolated.serve,
+            args=(child, state_dict, nonlinearity, x, lengths, backward, implementation, dtype),
             daemon=True,
         )
         self.process.start()
@@ -231,8 +234,8 @@ class IsolatedRunner:
 
 
 def onednn_runner(module: torch.nn.Module, x, lengths, backward: bool):
-    """jaxrnn's `implementation="onednn"` (float32 only), in a process without torch (see isolated.py)."""
-    if dtype_of(module) != jnp.float32:
+    """jaxrnn's `implementation="onednn"`, in a process without torch (see isolated.py)."""
+    if dtype_of(module).name not in DATA_TYPES:
         return None
     return IsolatedRunner(module, x, lengths, backward, "onednn")
 

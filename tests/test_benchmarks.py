@@ -20,7 +20,6 @@ def test_quick_benchmark_writes_results(dtype, suffix, tmp_path):
     )
     table = (tmp_path / f"RESULTS{suffix}.md").read_text()
     assert f"; {dtype}; " in table and "| LSTM 4/20/16 fwd+bwd |" in table
-    for ratio in ("jaxrnn / torch", "jaxrnn auto / torch", "jaxrnn / flax", "jaxrnn / equinox"):
+    for ratio in ("jaxrnn / torch", "jaxrnn onednn / torch", "jaxrnn auto / torch", "jaxrnn / flax", "jaxrnn / equinox"):
         assert f"| {ratio} | 1 |" in table
-    assert ("| jaxrnn onednn / torch | 1 |" in table) == (dtype == "float32")  # oneDNN: float32 only
     assert (tmp_path / f"results{suffix.lower()}.png").stat().st_size > 1000

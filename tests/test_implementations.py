@@ -86,6 +86,35 @@ def test_onednn_matches_torch(row, rng):
     check_layer_against_torch(row, rng, implementation="onednn")
 
 
+# Max difference of oneDNN's bfloat16 from the scan's (measured: outputs and states equal for
+# LSTM and RNN, one bfloat16 ulp, 3.9e-3, for GRU; gradients 6.6e-3 to 8.3e-3 of the largest).
+ONEDNN_BFLOAT16_BOUNDS = dict(outputs=1e-2, gradients=2e-2)
+
+
+@onednn_platform
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_onednn_bfloat16_matches_the_scan(kind, rng):
+    """bfloat16 in oneDNN is the scan's mixed precision: bfloat16 matmuls into float32, float32
+    gate math and LSTM's c. It rounds h to bfloat16 between steps, as the scan does for its
+    matmul (a GRU's h, which the scan keeps in float32, too)."""
+    spec = RecurrentSpec(kind, 5, 8, num_layers=2, bidirectional=True)
+    params = spec.init(jax.random.key(0))
+    x = rng.standard_normal((7, 9, 5)).astype(np.float32)
+    fn = {"lstm": F.lstm, "gru": F.gru, "rnn": F.rnn}[kind]
+
+    def loss(params, x, implementation):
+        outputs = fn(params, x, seq_lengths=jnp.arange(9) % 7 + 1, dtype=jnp.bfloat16, implementation=implementation)
+        return sum(jnp.sum(a.astype(jnp.float32) ** 2) for a in jax.tree.leaves(outputs)), outputs
+
+    run = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True), static_argnums=2)
+    (grads, outputs), (want_grads, want_outputs) = run(params, x, "onednn"), run(params, x, "xla")
+    for got, want in zip(jax.tree.leaves(outputs), jax.tree.leaves(want_outputs)):
+        assert got.dtype == jnp.bfloat16
+        assert np.abs(np.asarray(got, np.float32) - np.asarray(want, np.float32)).max() < ONEDNN_BFLOAT16_BOUNDS["outputs"]
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+        assert np.abs(got - want).max() < ONEDNN_BFLOAT16_BOUNDS["gradients"] * np.abs(want).max()
+
+
 @onednn_platform
 def test_onednn_residuals_serve_one_backward():
     """The forward's workspace stays host-side and goes back to the pool after one backward."""
@@ -107,7 +136,7 @@ def test_onednn_workspaces_are_reused():
     for _ in range(3):
         jax.block_until_ready(grad(params))
     sizes = [w.nbytes for w in dnn.free]
-    assert not dnn.workspaces and sizes.count(_onednn._primitives("lstm", "tanh", 3, 2, 4, 8, True)[1]) == 2
+    assert not dnn.workspaces and sizes.count(_onednn._primitives("lstm", "tanh", 3, 2, 4, 8, True, "float32")[1]) == 2
 
 
 @onednn_platform
@@ -190,7 +219,7 @@ X = jnp.ones((3, 2, 4), jnp.float32)
         (dict(implementation="cudnn", remat=True), "remat needs 'xla' or 'pallas'"),
         (dict(implementation="onednn", fused_backward=False), "fused_backward=False needs 'xla'"),
         (dict(implementation="onednn", remat=True), r"'onednn' does not support .*remat"),
-        (dict(implementation="onednn", dtype=jnp.float64), r"'onednn' does not support .*dtype float64 \(float32 only\)"),
+        (dict(implementation="onednn", dtype=jnp.float64), r"'onednn' does not support .*dtype float64 \(float32 and bfloat16 only\)"),
     ],
 )
 def test_bad_implementation_options(kwargs, message):

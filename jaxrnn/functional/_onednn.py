@@ -21,7 +21,9 @@ The host calls work on XLA's own buffers (`buffer_callback`): the outputs are wr
 and nothing is copied either way. The weights go in torch's own layout, `(G*H, I)` (oneDNN's
 `ldgoi`): inference reorders them into oneDNN's packed layout each call (they may change between
 calls) and the backward takes them as they are; only training's forward needs them transposed,
-to `ldigo`, by XLA. GRU is
+to `ldigo`, by XLA. In bfloat16, x, y, h and the weights are bfloat16 and c, the bias and every
+gradient float32: the scan's mixed precision (its LSTM and RNN outputs come out equal); it
+crosses to the host as uint16 bits, since numpy reads no bfloat16 through DLPack. GRU is
 oneDNN's linear-before-reset GRU, torch's formulation, with the gates in oneDNN's order
 (update, reset, candidate). Needs the `onednn-cpu-gomp` package (`pip install "jaxrnn[onednn]"`).
 """
@@ -49,7 +51,9 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 GRU_ORDER = (1, 0, 2)  # torch's (reset, update, candidate) as oneDNN's (update, reset, candidate)
 
 # From oneDNN 3.2's dnnl_types.h.
-_F32, _ANY, _TNC, _LDNC, _LDIGO, _LDGOI, _LDGO = 3, 1, 4, 5, 6, 31, 5
+_BF16, _F32, _ANY, _TNC, _LDNC, _LDIGO, _LDGOI, _LDGO = 2, 3, 1, 4, 5, 6, 31, 5
+# oneDNN's type of x, y, h and the weights, by jax dtype; c, the bias and all gradients are float32.
+DATA_TYPES = {"float32": _F32, "bfloat16": _BF16}
 _FORWARD_TRAINING, _FORWARD_INFERENCE, _BACKWARD = 64, 96, 128
 _LEFT2RIGHT, _CPU, _IN_ORDER = 1, 1, 1
 _ACTIVATION = {"tanh": 33, "relu": 32}
@@ -62,9 +66,10 @@ W_LAYER, W_ITER, BIAS, WORKSPACE, SCRATCHPAD, DIFF = 33, 34, 41, 64, 80, 128
 
 def _unsupported(spec: RecurrentSpec, dtype, chunk) -> list[str]:
     """What of a call oneDNN cannot run, in words; empty if it can."""
+    dtype = jnp.dtype(dtype).name
     reasons = [
         f"the {jax.default_backend()!r} backend (CPU only)" if jax.default_backend() != "cpu" else None,
-        f"dtype {jnp.dtype(dtype).name} (float32 only)" if jnp.dtype(dtype) != jnp.float32 else None,
+        f"dtype {dtype} (float32 and bfloat16 only)" if dtype not in DATA_TYPES else None,
         f"proj_size={spec.proj_size}" if spec.proj_size else None,
         "remat (oneDNN keeps its own residuals)" if chunk is not None else None,
     ]
@@ -155,10 +160,10 @@ class _OneDNN:
         if status != 0:
             raise RuntimeError(f"oneDNN call failed with status {status}")
 
-    def desc(self, dims, tag) -> ctypes.c_void_p:
+    def desc(self, dims, tag, data_type: int = _F32) -> ctypes.c_void_p:
         md = ctypes.c_void_p()
         self.check(self.lib.dnnl_memory_desc_create_with_tag(
-            ctypes.byref(md), len(dims), (ctypes.c_int64 * 12)(*dims), _F32, tag))
+            ctypes.byref(md), len(dims), (ctypes.c_int64 * 12)(*dims), data_type, tag))
         return md
 
     def primitive(self, create, *args) -> tuple[ctypes.c_void_p, ctypes.c_void_p]:
@@ -222,50 +227,63 @@ def _instance() -> _OneDNN:
 
 
 @functools.cache
-def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, training: bool):
-    """(forward pd, primitive, workspace bytes), and the backward's (pd, primitive) in training."""
+def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, training: bool, dtype: str):
+    """(forward pd, primitive, workspace bytes), and the backward's (pd, primitive) in training.
+
+    `dtype` ("float32" or "bfloat16") is that of x, y, h and the weights; c, the bias and every
+    gradient are float32, as torch's bfloat16 LSTM has them for the backward.
+    """
     dnn = _onednn()
     lib = dnn.lib
     G = GATES[kind]
-    src, state, dst = dnn.desc([T, B, I], _TNC), dnn.desc([1, 1, B, H], _LDNC), dnn.desc([T, B, H], _TNC)
-    bias = dnn.desc([1, 1, G + (kind == "gru"), H], _LDGO)
-    weights = {tag: (dnn.desc([1, 1, I, G, H], tag), dnn.desc([1, 1, H, G, H], tag)) for tag in (_LDIGO, _LDGOI)}
 
-    def args(w, *diff):
-        """A kind's descriptor arguments: the forward's, then (backward) those of the gradients."""
-        mds = [(src, state, w, bias, dst, state), *diff]
+    def descs(data_type):
+        """(src, h, c, weights by tag, bias, dst) of one data type for x, y, h and the weights."""
+        weights = {
+            tag: (dnn.desc([1, 1, I, G, H], tag, data_type), dnn.desc([1, 1, H, G, H], tag, data_type))
+            for tag in (_LDIGO, _LDGOI, _ANY)
+        }
+        h, c = dnn.desc([1, 1, B, H], _LDNC, data_type), dnn.desc([1, 1, B, H], _LDNC)
+        bias = dnn.desc([1, 1, G + (kind == "gru"), H], _LDGO)
+        return dnn.desc([T, B, I], _TNC, data_type), h, c, weights, bias, dnn.desc([T, B, H], _TNC, data_type)
+
+    data, grads = descs(DATA_TYPES[dtype]), descs(_F32)
+
+    def args(tag, *diff):
+        """A kind's descriptor arguments: the forward's with weights of layout `tag`, then
+        (backward) those of the gradients, with `ldigo` weights."""
+        mds = [(*data[:3], data[3][tag], *data[4:]), *[(*d[:3], d[3][_LDIGO], *d[4:]) for d in diff]]
         if kind == "lstm":
-            return [a for s, i, (wl, wi), b, d, o in mds for a in (s, i, i, wl, wi, None, None, b, d, o, o)]
-        return [a for s, i, (wl, wi), b, d, o in mds for a in (s, i, wl, wi, b, d, o)]
+            return [a for s, h, c, (wl, wi), b, d in mds for a in (s, h, c, wl, wi, None, None, b, d, h, c)]
+        return [a for s, h, _, (wl, wi), b, d in mds for a in (s, h, wl, wi, b, d, h)]
 
     rnn = (_ACTIVATION[activation],) if kind == "rnn" else ()
     alpha_beta = (ctypes.c_float(0), ctypes.c_float(0)) if kind == "rnn" else ()
     name = {"lstm": "lstm", "gru": "lbr_gru", "rnn": "vanilla_rnn"}[kind]
     # Inference takes the weights in oneDNN's packed layout of choice, reordered each call (they
     # may change between calls); training takes them as they come.
-    any_ = (dnn.desc([1, 1, I, G, H], _ANY), dnn.desc([1, 1, H, G, H], _ANY))
     forward = dnn.primitive(
         getattr(lib, f"dnnl_{name}_forward_primitive_desc_create"), dnn.engine,
         _FORWARD_TRAINING if training else _FORWARD_INFERENCE, *rnn, _LEFT2RIGHT,
-        *args(weights[_LDIGO] if training else any_), 0, *alpha_beta, dnn.attr,
+        *args(_LDIGO if training else _ANY), 0, *alpha_beta, dnn.attr,
     )
     if not training:
         packs = {
             arg: dnn.primitive(lib.dnnl_reorder_primitive_desc_create, plain, dnn.engine,
                                dnn.desc_of(forward[0], _QUERY_ARG, arg), dnn.engine, dnn.attr)
-            for arg, plain in zip((W_LAYER, W_ITER), weights[_LDGOI])
+            for arg, plain in zip((W_LAYER, W_ITER), data[3][_LDGOI])
         }
         return forward, 0, packs
     workspace = dnn.size(forward[0], _QUERY_WORKSPACE)
     backward = dnn.primitive(
         getattr(lib, f"dnnl_{name}_backward_primitive_desc_create"), dnn.engine,
-        _BACKWARD, *rnn, _LEFT2RIGHT, *args(weights[_LDGOI], (src, state, weights[_LDIGO], bias, dst, state)),
+        _BACKWARD, *rnn, _LEFT2RIGHT, *args(_LDGOI, grads),
         _DIFF_WEIGHTS_OVERWRITE, *alpha_beta, forward[0], dnn.attr,
     )
     return forward, workspace, backward
 
 
-def _host_forward(kind, activation, training, outputs, w_layer, w_iter, bias, x, *state):
+def _host_forward(kind, activation, training, dtype, outputs, w_layer, w_iter, bias, x, *state):
     """Host side of the forward: writes `outputs`, `(y, final state..., [workspace handle])`."""
     T, B, I = x.shape
     y, *final = outputs[: 1 + len(state)]
@@ -274,7 +292,7 @@ def _host_forward(kind, activation, training, outputs, w_layer, w_iter, bias, x,
     arrays |= dict(zip((SRC_ITER, SRC_ITER_C), state)) | dict(zip((DST_ITER, DST_ITER_C), final))  # h, then c
     dnn = _onednn()
     with dnn.lock:  # XLA may run independent callbacks (two directions) at once
-        (pd, prim), workspace_bytes, packs = _primitives(kind, activation, T, B, I, H, training)
+        (pd, prim), workspace_bytes, packs = _primitives(kind, activation, T, B, I, H, training, dtype)
         if not training:
             for arg, (pack_pd, pack) in packs.items():
                 packed = dnn.packed(arg, dnn.size(pack_pd, _QUERY_ARG, DST))
@@ -289,7 +307,7 @@ def _host_forward(kind, activation, training, outputs, w_layer, w_iter, bias, x,
     outputs[-1][...] = handle
 
 
-def _host_backward(kind, activation, n, outputs, w_layer_t, w_iter_t, bias, x, y, handle, *rest):
+def _host_backward(kind, activation, n, dtype, outputs, w_layer_t, w_iter_t, bias, x, y, handle, *rest):
     """Host side of the backward: writes `outputs`, `(dx, d_state0..., d_w_layer, d_w_iter,
     d_bias)`. The weights come in torch's layout, `(G, H, in)` (oneDNN's `ldgoi`); their gradients
     go out as `(in, G, H)` (`ldigo`), the only layout oneDNN writes them in.
@@ -299,7 +317,7 @@ def _host_backward(kind, activation, n, outputs, w_layer_t, w_iter_t, bias, x, y
     state, final, d_y, d_final = rest[:n], rest[n : 2 * n], rest[2 * n], rest[2 * n + 1 :]
     d_x, *d_state, d_layer, d_iter, d_bias = outputs
     T, B, I = x.shape
-    H = w_iter_t.shape[1]
+    H = y.shape[2]
     arrays = {
         SRC: x, W_LAYER: w_layer_t, W_ITER: w_iter_t, BIAS: bias, DST: y,
         DIFF + SRC: d_x, DIFF + W_LAYER: d_layer, DIFF + W_ITER: d_iter, DIFF + BIAS: d_bias, DIFF + DST: d_y,
@@ -308,7 +326,7 @@ def _host_backward(kind, activation, n, outputs, w_layer_t, w_iter_t, bias, x, y
         arrays |= dict(zip((first, first + 1), group))  # h, then LSTM's c
     dnn = _onednn()
     with dnn.lock:
-        _, _, (pd, prim) = _primitives(kind, activation, T, B, I, H, True)
+        _, _, (pd, prim) = _primitives(kind, activation, T, B, I, H, True, dtype)
         workspace = dnn.workspaces.pop(int(handle), None)
         if workspace is None:
             raise RuntimeError(
@@ -329,8 +347,18 @@ def _host_call(host_fn, result_shapes, *args, has_side_effect: bool = False):
     def callback(_, outputs, *args):
         host_fn([_host(a) for a in outputs], *(_host(a) for a in args))
 
-    call = buffer_callback(callback, result_shapes, has_side_effect=has_side_effect, vmap_method="sequential")
-    return call(*args)
+    # numpy takes no bfloat16 through DLPack: bfloat16 crosses as its bits, uint16.
+    bits = [jax.ShapeDtypeStruct(s.shape, _BITS.get(s.dtype, s.dtype)) for s in result_shapes]
+    call = buffer_callback(callback, bits, has_side_effect=has_side_effect, vmap_method="sequential")
+    results = call(*(_bitcast(a, _BITS.get(a.dtype, a.dtype)) for a in args))
+    return [_bitcast(r, s.dtype) for r, s in zip(results, result_shapes)]
+
+
+_BITS = {jnp.dtype(jnp.bfloat16): jnp.dtype(jnp.uint16)}
+
+
+def _bitcast(a, dtype):
+    return a if a.dtype == dtype else jax.lax.bitcast_convert_type(a, dtype)
 
 
 def _host(a) -> np.ndarray:
@@ -345,13 +373,13 @@ def _empty(nbytes: int) -> np.ndarray:
     return raw[start : start + nbytes]
 
 
-def _shapes(*arrays):
-    return [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in arrays]
+def _shapes(*arrays, dtype=jnp.float32):
+    return [jax.ShapeDtypeStruct(a.shape, dtype or a.dtype) for a in arrays]
 
 
 def _forward_shapes(x, state):
-    """The forward's outputs: `y` `(T, B, H)` and the final state."""
-    return _shapes(jax.ShapeDtypeStruct(x.shape[:2] + state[0].shape[-1:], jnp.float32), *state)
+    """The forward's outputs: `y` `(T, B, H)` in `x`'s dtype and the final state in `state`'s."""
+    return _shapes(jax.ShapeDtypeStruct(x.shape[:2] + state[0].shape[-1:], x.dtype), *state, dtype=None)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -359,10 +387,11 @@ def _direction(kind, activation, w_layer, w_iter, bias, x, state):
     """One direction of one layer: `x` `(T, B, I)`, `state` a tuple of `(B, H)` -> `(y, final)`.
 
     The weights come in torch's layout, `(G, H, in)` (oneDNN's `ldgoi`), which inference reorders
-    from and the backward takes; training's forward takes `(in, G, H)` (`ldigo`).
+    from and the backward takes; training's forward takes `(in, G, H)` (`ldigo`). `x`, the
+    weights and `h` are float32 or bfloat16 (see `DATA_TYPES`); the bias and LSTM's `c`, float32.
     """
     y, *final = _host_call(
-        functools.partial(_host_forward, kind, activation, False),
+        functools.partial(_host_forward, kind, activation, False, x.dtype.name),
         _forward_shapes(x, state),
         w_layer, w_iter, bias, x, *state,
     )
@@ -371,7 +400,7 @@ def _direction(kind, activation, w_layer, w_iter, bias, x, state):
 
 def _direction_fwd(kind, activation, w_layer, w_iter, bias, x, state):
     y, *final, handle = _host_call(
-        functools.partial(_host_forward, kind, activation, True),
+        functools.partial(_host_forward, kind, activation, True, x.dtype.name),
         [*_forward_shapes(x, state), jax.ShapeDtypeStruct((), jnp.int32)],
         *(jnp.transpose(w, (2, 0, 1)) for w in (w_layer, w_iter)), bias, x, *state,
         has_side_effect=True,  # it keeps the workspace for the backward: never dropped or merged
@@ -384,14 +413,15 @@ def _direction_bwd(kind, activation, residuals, cotangents):
     w_layer, w_iter, bias, x, state, y, final, handle = residuals
     d_y, d_final = cotangents
     ldigo = (jax.ShapeDtypeStruct((w.shape[2], *w.shape[:2]), w.dtype) for w in (w_layer, w_iter))
-    d_x, *d_state, d_layer, d_iter, d_bias = _host_call(
-        functools.partial(_host_backward, kind, activation, len(state)),
+    d_x, *d_state, d_layer, d_iter, d_bias = _host_call(  # every gradient in float32
+        functools.partial(_host_backward, kind, activation, len(state), x.dtype.name),
         _shapes(x, *state, *ldigo, bias),
-        w_layer, w_iter, bias, x, y, handle, *state, *final, d_y, *d_final,
+        w_layer, w_iter, bias, x, y, handle, *state, *final, *(d.astype(jnp.float32) for d in (d_y, *d_final)),
         has_side_effect=True,  # it gives the workspace back
     )
-    d_layer, d_iter = (jnp.transpose(d, (1, 2, 0)) for d in (d_layer, d_iter))
-    return d_layer, d_iter, d_bias, d_x, tuple(d_state)
+    d_layer, d_iter = (jnp.transpose(d, (1, 2, 0)).astype(w_layer.dtype) for d in (d_layer, d_iter))
+    d_state = tuple(d.astype(s.dtype) for d, s in zip(d_state, state))
+    return d_layer, d_iter, d_bias, d_x.astype(x.dtype), d_state
 
 
 _direction.defvjp(_direction_fwd, _direction_bwd)
@@ -429,22 +459,26 @@ def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask):
     all this gives the padding no gradient, as the scan's masked steps do.
     """
     kind, activation = math_key
-    # The LSTM's extra input column: 1 in padded steps (T, B, 1).
-    padded = (~mask[:, 0]).astype(xs.dtype) if mask is not None and kind == "lstm" else None
+    padded = ~mask[:, 0] if mask is not None and kind == "lstm" else None  # (T, B, 1)
     ys, finals = [], []
     for d in range(xs.shape[1]):
         w_layer, w_iter, bias = _kernel_weights(kind, w, d)
-        x = xs[:, d]
+        bias = bias.astype(jnp.float32)
+        x = xs[:, d].astype(w_layer.dtype)
         if padded is not None:
             gate_weights = jnp.asarray(_LSTM_PADDING_WEIGHT, w_layer.dtype)[:, None, None]
             column = jnp.repeat(gate_weights, w_layer.shape[1], axis=1)  # (4, H, 1)
-            w_layer, x = jnp.concatenate([w_layer, column], -1), jnp.concatenate([x, padded], -1)
-        y, final = _direction(kind, activation, w_layer, w_iter, bias, x, tuple(s[d] for s in state0))
+            # The LSTM's extra input column: 1 in padded steps.
+            w_layer, x = jnp.concatenate([w_layer, column], -1), jnp.concatenate([x, padded.astype(x.dtype)], -1)
+        state = (state0[0][d].astype(x.dtype), *(c[d] for c in state0[1:]))  # h in x's dtype, c float32
+        y, final = _direction(kind, activation, w_layer, w_iter, bias, x, state)
         ys.append(y)
         finals.append(final)
-    ys, finals = jnp.stack(ys, 1), tuple(jnp.stack(parts) for parts in zip(*finals))
+    ys = jnp.stack(ys, 1)
+    finals = tuple(jnp.stack(parts).astype(s.dtype) for parts, s in zip(zip(*finals), state0))
     if mask is None:
         return ys, finals
     last = mask[:, 0, :, 0].sum(0) - 1  # (B,) each sequence's last valid step
     ys = jnp.where(mask, ys, 0)
-    return ys, (ys[last, :, jnp.arange(ys.shape[2])].swapaxes(0, 1), *finals[1:])
+    h_n = ys[last, :, jnp.arange(ys.shape[2])].swapaxes(0, 1).astype(state0[0].dtype)
+    return ys, (h_n, *finals[1:])
