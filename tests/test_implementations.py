@@ -164,8 +164,9 @@ def test_onednn_vmaps_one_call_per_member():
     [
         ("lstm", 8, {}, True),
         ("gru", 8, {}, True),
+        ("lstm", 8, dict(dtype=jnp.bfloat16), True),
         ("lstm", 2, {}, False),  # too few sequences to share a step out
-        ("rnn", 8, {}, False),
+        ("rnn", 8, {}, False),  # too narrow (hidden_size 8)
         ("lstm", 8, dict(seq_lengths=np.full(8, 3)), True),
         ("lstm", 8, dict(remat=True), False),  # what oneDNN does not support
         ("gru", 8, dict(fused_backward=False), False),
@@ -183,6 +184,12 @@ def test_auto_runs_onednn_where_it_measured_faster(kind, batch, options, runs_on
     )
     for actual, want in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
         np.testing.assert_array_equal(actual, want)
+
+
+@onednn_platform
+@pytest.mark.parametrize("hidden_size, runs_onednn", [(128, False), (256, True), (512, True)])
+def test_auto_prefers_onednn_for_wide_rnn_layers_only(hidden_size, runs_onednn):
+    assert _onednn.preferred(RecurrentSpec("rnn", 4, hidden_size), jnp.float32, None, 8) == runs_onednn
 
 
 @onednn_platform
