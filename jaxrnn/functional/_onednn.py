@@ -78,16 +78,17 @@ def _unsupported(spec: RecurrentSpec, dtype, chunk) -> list[str]:
 
 # Where oneDNN measured faster than the scan on the 2-core benchmark machine (float32 and
 # bfloat16): layers of this many sequences or more, and RNN layers this wide or wider. Below,
-# a step is too small to share out over the cores (RNN B=32, H=128 forward+backward: 6-8 ms
-# against the scan's 6-7 in float32; B=8, H=256: 23-24 against 29).
+# a step is too small to share out over the cores. RNN B=8, H=256 is mixed: 0.81-0.86x the
+# scan's time forward+backward, but 0.93-1.23x forward, slower in 3 of 4 float32 runs; B=64,
+# H=512: 0.85-0.90x forward+backward, 0.90-1.02x forward.
 PREFERRED_MIN_BATCH = 8
-PREFERRED_MIN_RNN_HIDDEN = 256
+PREFERRED_MIN_RNN_HIDDEN = 512
 
 
 def preferred(spec: RecurrentSpec, dtype, chunk, batch: int) -> bool:
     """Whether `implementation="auto"` runs oneDNN: where it is installed, supports the call and
     measured faster than the scan (LSTM and GRU layers of 8 sequences or more; RNN layers too
-    where `hidden_size` is 256 or more)."""
+    where `hidden_size` is 512 or more)."""
     wide = spec.kind != "rnn" or spec.hidden_size >= PREFERRED_MIN_RNN_HIDDEN
     fits = wide and batch >= PREFERRED_MIN_BATCH
     return fits and not _unsupported(spec, dtype, chunk) and _distribution() is not None
