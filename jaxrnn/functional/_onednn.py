@@ -80,7 +80,7 @@ def _unsupported(spec: RecurrentSpec, dtype, chunk) -> list[str]:
 # bfloat16): layers of this many sequences or more, and RNN layers this wide or wider. Below,
 # a step is too small to share out over the cores. RNN B=8, H=256 is mixed: 0.81-0.86x the
 # scan's time forward+backward, but 0.93-1.23x forward, slower in 3 of 4 float32 runs; B=64,
-# H=512: 0.85-0.90x forward+backward, 0.90-1.02x forward.
+# H=512: 0.85-0.90x forward+backward, 0.90-1.04x forward (float32 and bfloat16).
 PREFERRED_MIN_BATCH = 8
 PREFERRED_MIN_RNN_HIDDEN = 512
 
