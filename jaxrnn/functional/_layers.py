@@ -231,10 +231,10 @@ _LAYER_DOC = """
         "xla": `lax.scan`, on every device. "pallas": one fused kernel per layer for each of the
         forward and backward loops (Triton on GPU, Mosaic on TPU). "cudnn": the LSTM stack as
         one cuDNN call (CUDA GPUs). "onednn": oneDNN's fused CPU kernels, one host call per
-        layer and direction (float32, no `proj_size` or `remat`; needs
+        layer and direction (float32 or bfloat16, no `proj_size` or `remat`; needs
         `pip install "jaxrnn[onednn]"`). "auto": "onednn" where it is installed, supports the
-        call and measured faster (LSTM and GRU layers of 8 sequences or more, on CPU), else
-        "xla".
+        call and measured faster (on CPU, LSTM and GRU layers of 8 sequences or more, and RNN
+        layers of 8 or more with `hidden_size` 512 or more), else "xla".
 
     Returns:
       `(output, {ret})`: `output` `(T, B, D * H_out)` (batch_first: `(B, T, D * H_out)`),

@@ -383,13 +383,14 @@ def _empty(nbytes: int) -> np.ndarray:
     return raw[start : start + nbytes]
 
 
-def _shapes(*arrays, dtype=jnp.float32):
-    return [jax.ShapeDtypeStruct(a.shape, dtype or a.dtype) for a in arrays]
+def _float32_shapes(*arrays):
+    return [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in arrays]
 
 
 def _forward_shapes(x, state):
     """The forward's outputs: `y` `(T, B, H)` in `x`'s dtype and the final state in `state`'s."""
-    return _shapes(jax.ShapeDtypeStruct(x.shape[:2] + state[0].shape[-1:], x.dtype), *state, dtype=None)
+    y = jax.ShapeDtypeStruct(x.shape[:2] + state[0].shape[-1:], x.dtype)
+    return [y, *(jax.ShapeDtypeStruct(s.shape, s.dtype) for s in state)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -425,7 +426,7 @@ def _direction_bwd(kind, activation, residuals, cotangents):
     ldigo = (jax.ShapeDtypeStruct((w.shape[2], *w.shape[:2]), w.dtype) for w in (w_layer, w_iter))
     d_x, *d_state, d_layer, d_iter, d_bias = _host_call(  # every gradient in float32
         functools.partial(_host_backward, kind, activation, len(state), x.dtype.name),
-        _shapes(x, *state, *ldigo, bias),
+        _float32_shapes(x, *state, *ldigo, bias),
         w_layer, w_iter, bias, x, y, handle, *state, *final, *(d.astype(jnp.float32) for d in (d_y, *d_final)),
         has_side_effect=True,  # it gives the workspace back
     )
