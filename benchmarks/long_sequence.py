@@ -1,5 +1,5 @@
-"""Forward+backward of a long sequence: peak memory and time, with and without `remat`, and
-with oneDNN (`implementation="onednn"`, the one `"auto"` picks here) where it is installed.
+"""Forward+backward of a long sequence: peak memory and time, with and without `remat`, on the
+scan and on oneDNN (`implementation="onednn"`, which `"auto"` picks here) where it is installed.
 
     python benchmarks/long_sequence.py            # LSTM B=16, T=20000, H=256
     python benchmarks/long_sequence.py --T 2000   # shorter
@@ -27,7 +27,8 @@ RUNS = [
     ("torch", "torch", {}),
     ("jaxrnn remat=False", "jaxrnn", {"remat": False}),
     ("jaxrnn remat=True", "jaxrnn", {"remat": True}),
-    ("jaxrnn onednn", "jaxrnn", {"implementation": "onednn"}),
+    ("jaxrnn onednn remat=False", "jaxrnn", {"implementation": "onednn"}),
+    ("jaxrnn onednn remat=True", "jaxrnn", {"implementation": "onednn", "remat": True}),
 ]
 
 
@@ -99,7 +100,7 @@ def main():
             continue
         result = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append((label, result))
-        print(f"{label:22s} {result['seconds']:7.2f} s  peak RSS {result['peak_gb']:5.2f} GB", flush=True)
+        print(f"{label:26s} {result['seconds']:7.2f} s  peak RSS {result['peak_gb']:5.2f} GB", flush=True)
     lines = [
         "# Long sequences: LSTM forward+backward",
         "",

@@ -132,7 +132,7 @@ def measure(row, repeats: int, rng, dtype: str) -> dict:
     result["best"] = min(result[name] for name in OURS if name in result)
     if not GPU:  # `implementation="auto"`: the measured time of the implementation it picks here
         spec = RecurrentSpec(kind, H, H, num_layers, bidirectional=bidirectional)
-        result["auto"] = result.get("jaxrnn onednn" if preferred(spec, jnp.dtype(dtype), None, B) else "jaxrnn")
+        result["auto"] = result.get("jaxrnn onednn" if preferred(spec, jnp.dtype(dtype), B) else "jaxrnn")
     result["gflops"] = flops(kind, mode, B, T, H, num_layers, bidirectional) / (result["best"] * 1e-3) / 1e9
     return result
 

@@ -76,7 +76,7 @@ def test_cudnn_path_matches_torch(row, rng, monkeypatch):
     check_layer_against_torch(row, rng, implementation="cudnn")
 
 
-ONEDNN_OPTIONS = dict(OPTIONS, proj=[False], dtype=["float32"], backward=["fused"])
+ONEDNN_OPTIONS = dict(OPTIONS, proj=[False], dtype=["float32"], backward=["fused", "remat"])
 onednn_platform = pytest.mark.skipif(not ONEDNN_PLATFORM, reason="oneDNN runs on the CPU backend of x86-64 Linux")
 
 
@@ -92,16 +92,17 @@ def test_onednn_matches_torch(row, rng):
 BFLOAT16_BOUNDS = dict(outputs=1e-2, gradients=2e-2)
 
 
-def check_bfloat16_against_the_scan(kind, implementation, rng, bounds, B=9, hidden_size=8):
+def check_bfloat16_against_the_scan(kind, implementation, rng, bounds, B=9, hidden_size=8, remat=False):
     """Outputs, final states and every gradient of a 2-layer bidirectional layer with lengths, in
-    bfloat16 under `implementation`, against the scan's in bfloat16."""
+    bfloat16 under `implementation` (with `remat`), against the scan's in bfloat16."""
     spec = RecurrentSpec(kind, 5, hidden_size, num_layers=2, bidirectional=True)
     params = spec.init(jax.random.key(0))
     x = rng.standard_normal((7, B, 5)).astype(np.float32)
     fn = {"lstm": F.lstm, "gru": F.gru, "rnn": F.rnn}[kind]
 
     def loss(params, x, implementation):
-        outputs = fn(params, x, seq_lengths=jnp.arange(B) % 7 + 1, dtype=jnp.bfloat16, implementation=implementation)
+        outputs = fn(params, x, seq_lengths=jnp.arange(B) % 7 + 1, dtype=jnp.bfloat16, implementation=implementation,
+                     remat=remat if implementation != "xla" else False)
         return sum(jnp.sum(a.astype(jnp.float32) ** 2) for a in jax.tree.leaves(outputs)), outputs
 
     run = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True), static_argnums=2)
@@ -114,12 +115,13 @@ def check_bfloat16_against_the_scan(kind, implementation, rng, bounds, B=9, hidd
 
 
 @onednn_platform
-@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
-def test_onednn_bfloat16_matches_the_scan(kind, rng):
+@pytest.mark.parametrize("kind, remat", [("lstm", False), ("gru", False), ("rnn", False), ("lstm", 3), ("gru", 3)])
+def test_onednn_bfloat16_matches_the_scan(kind, remat, rng):
     """bfloat16 in oneDNN is the scan's mixed precision: bfloat16 matmuls into float32, float32
     gate math and LSTM's c. It rounds h to bfloat16 between steps, as the scan does for its
-    matmul (a GRU's h, which the scan keeps in float32, too)."""
-    check_bfloat16_against_the_scan(kind, "onednn", rng, BFLOAT16_BOUNDS)
+    matmul (a GRU's h, which the scan keeps in float32, too). With `remat`, the gradients
+    cross the chunks and add up in float32."""
+    check_bfloat16_against_the_scan(kind, "onednn", rng, BFLOAT16_BOUNDS, remat=remat)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
@@ -157,6 +159,21 @@ def test_onednn_workspaces_are_reused():
 
 
 @onednn_platform
+def test_onednn_remat_holds_one_chunk_of_workspace_and_serves_every_backward():
+    """With `remat`, each backward runs oneDNN's training forward again a chunk at a time, so
+    only chunk-sized workspaces are made, none is held after it, and a vjp runs any number of
+    times."""
+    params, x = _lstm_params(), jnp.ones((7, 2, 4), jnp.float32)  # chunks of 3, 3 and 1 steps
+    dnn = _onednn._onednn()
+    dnn.free.clear()
+    _, vjp = jax.vjp(lambda p: F.lstm(p, x, implementation="onednn", remat=3)[0], params)
+    first, second = (jax.block_until_ready(vjp(jnp.ones((7, 2, 8), jnp.float32))) for _ in range(2))
+    jax.tree.map(np.testing.assert_array_equal, first, second)
+    chunk_sizes = {_onednn._primitives("lstm", "tanh", t, 2, 4, 8, True, "float32")[1] for t in (3, 1)}
+    assert not dnn.workspaces and {w.nbytes for w in dnn.free} == chunk_sizes
+
+
+@onednn_platform
 def test_onednn_vmaps_one_call_per_member():
     """Under `vmap` the host calls run once per batch member: the numbers of separate calls (up to
     XLA's order of summation), outputs and gradients, with the weights batched too."""
@@ -185,7 +202,7 @@ def test_onednn_vmaps_one_call_per_member():
         ("lstm", 2, {}, False),  # too few sequences to share a step out
         ("rnn", 8, {}, False),  # too narrow (hidden_size 8)
         ("lstm", 8, dict(seq_lengths=np.full(8, 3)), True),
-        ("lstm", 8, dict(remat=True), False),  # what oneDNN does not support
+        ("lstm", 8, dict(remat=True), True),
         ("gru", 8, dict(fused_backward=False), False),
     ],
 )
@@ -206,7 +223,7 @@ def test_auto_runs_onednn_where_it_measured_faster(kind, batch, options, runs_on
 @onednn_platform
 @pytest.mark.parametrize("hidden_size, runs_onednn", [(256, False), (512, True)])
 def test_auto_prefers_onednn_for_wide_rnn_layers_only(hidden_size, runs_onednn):
-    assert _onednn.preferred(RecurrentSpec("rnn", 4, hidden_size), jnp.float32, None, 8) == runs_onednn
+    assert _onednn.preferred(RecurrentSpec("rnn", 4, hidden_size), jnp.float32, 8) == runs_onednn
 
 
 @onednn_platform
@@ -240,15 +257,19 @@ X = jnp.ones((3, 2, 4), jnp.float32)
     [
         (dict(implementation="cuda"), "implementation must be one of"),
         (dict(implementation="pallas", fused_backward=False), "fused_backward=False needs 'xla'"),
-        (dict(implementation="cudnn", remat=True), "remat needs 'xla' or 'pallas'"),
+        (dict(implementation="cudnn", remat=True), "remat needs 'xla', 'pallas' or 'onednn'"),
         (dict(implementation="onednn", fused_backward=False), "fused_backward=False needs 'xla'"),
-        (dict(implementation="onednn", remat=True), r"'onednn' does not support .*remat"),
         (dict(implementation="onednn", dtype=jnp.float64), r"'onednn' does not support .*dtype float64 \(float32 and bfloat16 only\)"),
     ],
 )
 def test_bad_implementation_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         F.lstm(_lstm_params(), X, **kwargs)
+
+
+def test_onednn_refuses_proj_size():
+    with pytest.raises(ValueError, match=r"'onednn' does not support proj_size=2; use implementation='xla'"):
+        F.lstm(_lstm_params(proj_size=2), X, implementation="onednn")
 
 
 @pytest.mark.skipif(BACKEND == "gpu", reason="a GPU is there")

@@ -145,16 +145,18 @@ def run_layer(
         x = jnp.where(valid[..., None], x, 0)
     params = {k: jnp.asarray(v, dtype) for k, v in params.items()}
     if implementation == "auto":
-        implementation = "onednn" if fused_backward and _onednn.preferred(spec, dtype, chunk, B) else "xla"
+        implementation = "onednn" if fused_backward and _onednn.preferred(spec, dtype, B) else "xla"
     if implementation == "cudnn":
         if chunk is not None:
-            raise ValueError("implementation='cudnn' keeps its own residuals; remat needs 'xla' or 'pallas'")
+            raise ValueError("implementation='cudnn' keeps its own residuals; remat needs 'xla', 'pallas' or 'onednn'")
         _cudnn.check_supported(spec, dtype, dropout_key is not None and dropout > 0 and spec.num_layers > 1)
         x, state = _cudnn.run_stack(spec, params, x, state0, lengths, precision, _cudnn.lstm_kernel())
     else:
-        if implementation == "onednn":
-            _onednn.check_supported(spec, dtype, chunk)
-        fused = {"pallas": recurrence_pallas, "onednn": _onednn.recurrence_onednn}.get(implementation, recurrence)
+        if implementation == "onednn":  # it takes the chunks itself: it cannot be rematerialised
+            _onednn.check_supported(spec, dtype)
+            fused, chunk = functools.partial(_onednn.recurrence_onednn, chunk=chunk), None
+        else:
+            fused = {"pallas": recurrence_pallas}.get(implementation, recurrence)
         loop = functools.partial(
             fused if fused_backward else recurrence_autodiff,
             (spec.kind, spec.nonlinearity),
@@ -231,7 +233,7 @@ _LAYER_DOC = """
         "xla": `lax.scan`, on every device. "pallas": one fused kernel per layer for each of the
         forward and backward loops (Triton on GPU, Mosaic on TPU). "cudnn": the LSTM stack as
         one cuDNN call (CUDA GPUs). "onednn": oneDNN's fused CPU kernels, one host call per
-        layer and direction (float32 or bfloat16, no `proj_size` or `remat`; needs
+        layer and direction (float32 or bfloat16, no `proj_size`; needs
         `pip install "jaxrnn[onednn]"`). "auto": "onednn" where it is installed, supports the
         call and measured faster (on CPU, LSTM and GRU layers of 8 sequences or more, and RNN
         layers of 8 or more with `hidden_size` 512 or more), else "xla".

@@ -12,10 +12,12 @@ nothing is compiled at install time):
   handle the forward returned and gives it back to a pool for reuse.
 
 A forward taken under differentiation keeps its workspace until its backward runs; a backward
-that never runs (a `jax.vjp` whose function is never called) leaves it held. Under `vmap` the
-host calls run once per batch member. Forward-mode differentiation, `jax.checkpoint` (which
-cannot recompute a call that keeps a workspace) and `jax.export` do not go through host calls;
-use "xla" there.
+that never runs (a `jax.vjp` whose function is never called) leaves it held. With `remat`, the
+forward runs inference a chunk at a time and keeps the states between chunks, and the backward
+runs training's forward and the backward chunk by chunk (`_direction_remat`): a chunk's
+workspace at a time, none held between calls. Under `vmap` the host calls run once per batch
+member. Forward-mode differentiation, `jax.checkpoint` (which cannot recompute a call that keeps
+a workspace) and `jax.export` do not go through host calls; use "xla" there.
 
 The host calls work on XLA's own buffers (`buffer_callback`): the outputs are written in place
 and nothing is copied either way. The weights go in torch's own layout, `(G*H, I)` (oneDNN's
@@ -64,14 +66,13 @@ SRC, SRC_ITER, SRC_ITER_C, DST, DST_ITER, DST_ITER_C = 1, 2, 3, 17, 18, 19
 W_LAYER, W_ITER, BIAS, WORKSPACE, SCRATCHPAD, DIFF = 33, 34, 41, 64, 80, 128
 
 
-def _unsupported(spec: RecurrentSpec, dtype, chunk) -> list[str]:
+def _unsupported(spec: RecurrentSpec, dtype) -> list[str]:
     """What of a call oneDNN cannot run, in words; empty if it can."""
     dtype = jnp.dtype(dtype).name
     reasons = [
         f"the {jax.default_backend()!r} backend (CPU only)" if jax.default_backend() != "cpu" else None,
         f"dtype {dtype} (float32 and bfloat16 only)" if dtype not in DATA_TYPES else None,
         f"proj_size={spec.proj_size}" if spec.proj_size else None,
-        "remat (oneDNN keeps its own residuals)" if chunk is not None else None,
     ]
     return [r for r in reasons if r]
 
@@ -85,13 +86,13 @@ PREFERRED_MIN_BATCH = 8
 PREFERRED_MIN_RNN_HIDDEN = 512
 
 
-def preferred(spec: RecurrentSpec, dtype, chunk, batch: int) -> bool:
+def preferred(spec: RecurrentSpec, dtype, batch: int) -> bool:
     """Whether `implementation="auto"` runs oneDNN: where it is installed, supports the call and
     measured faster than the scan (LSTM and GRU layers of 8 sequences or more; RNN layers too
     where `hidden_size` is 512 or more)."""
     wide = spec.kind != "rnn" or spec.hidden_size >= PREFERRED_MIN_RNN_HIDDEN
     fits = wide and batch >= PREFERRED_MIN_BATCH
-    return fits and not _unsupported(spec, dtype, chunk) and _distribution() is not None
+    return fits and not _unsupported(spec, dtype) and _distribution() is not None
 
 
 def _distribution() -> metadata.Distribution | None:
@@ -101,8 +102,8 @@ def _distribution() -> metadata.Distribution | None:
         return None
 
 
-def check_supported(spec: RecurrentSpec, dtype, chunk) -> None:
-    reasons = _unsupported(spec, dtype, chunk)
+def check_supported(spec: RecurrentSpec, dtype) -> None:
+    reasons = _unsupported(spec, dtype)
     if reasons:
         raise ValueError(f"implementation='onednn' does not support {', '.join(reasons)}; use implementation='xla'")
 
@@ -341,7 +342,7 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer_t, w_iter_t, bia
         if workspace is None:
             raise RuntimeError(
                 "implementation='onednn': this forward's residuals were already used; a forward pass "
-                "serves one backward pass (use implementation='xla' to differentiate it again)"
+                "serves one backward pass (with remat, or implementation='xla', it serves any number)"
             )
         try:
             dnn.execute(pd, prim, arrays | {WORKSPACE: workspace})
@@ -420,22 +421,84 @@ def _direction_fwd(kind, activation, w_layer, w_iter, bias, x, state):
     return (y, final), (w_layer, w_iter, bias, x, state, y, final, handle)
 
 
-def _direction_bwd(kind, activation, residuals, cotangents):
+def _float32_gradients(kind, activation, residuals, cotangents):
+    """The backward host call: the gradients of `(w_layer, w_iter, bias, x, state)`, all float32."""
     w_layer, w_iter, bias, x, state, y, final, handle = residuals
     d_y, d_final = cotangents
     ldigo = (jax.ShapeDtypeStruct((w.shape[2], *w.shape[:2]), w.dtype) for w in (w_layer, w_iter))
-    d_x, *d_state, d_layer, d_iter, d_bias = _host_call(  # every gradient in float32
+    d_x, *d_state, d_layer, d_iter, d_bias = _host_call(
         functools.partial(_host_backward, kind, activation, len(state), x.dtype.name),
         _float32_shapes(x, *state, *ldigo, bias),
         w_layer, w_iter, bias, x, y, handle, *state, *final, *(d.astype(jnp.float32) for d in (d_y, *d_final)),
         has_side_effect=True,  # it gives the workspace back
     )
-    d_layer, d_iter = (jnp.transpose(d, (1, 2, 0)).astype(w_layer.dtype) for d in (d_layer, d_iter))
-    d_state = tuple(d.astype(s.dtype) for d, s in zip(d_state, state))
-    return d_layer, d_iter, d_bias, d_x.astype(x.dtype), d_state
+    d_layer, d_iter = (jnp.transpose(d, (1, 2, 0)) for d in (d_layer, d_iter))
+    return d_layer, d_iter, d_bias, d_x, tuple(d_state)
+
+
+def _direction_bwd(kind, activation, residuals, cotangents):
+    grads = _float32_gradients(kind, activation, residuals, cotangents)
+    return jax.tree.map(lambda d, primal: d.astype(primal.dtype), grads, residuals[:5])
 
 
 _direction.defvjp(_direction_fwd, _direction_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _direction_remat(kind, activation, chunk, w_layer, w_iter, bias, x, state):
+    """`_direction` that keeps only the states every `chunk` steps for its backward, which runs
+    oneDNN's training forward again one chunk at a time: oneDNN's workspace is then that of
+    `chunk` steps, not of the whole sequence. One inference call forward, where no gradient is
+    taken."""
+    return _direction(kind, activation, w_layer, w_iter, bias, x, state)
+
+
+def _chunks(a, chunk: int):
+    """`a` `(T, ...)` as its full chunks `(n, chunk, ...)` and the steps left over."""
+    n = a.shape[0] // chunk
+    return a[: n * chunk].reshape(n, chunk, *a.shape[1:]), a[n * chunk :]
+
+
+def _direction_remat_fwd(kind, activation, chunk, w_layer, w_iter, bias, x, state):
+    def forward(state, x):  # inference, one chunk: no workspace is kept
+        y, final = _direction(kind, activation, w_layer, w_iter, bias, x, state)
+        return final, (y, state)
+
+    chunks, rest = _chunks(x, chunk)
+    final, (ys, starts) = jax.lax.scan(forward, state, chunks)
+    y, rest_start = ys.reshape(-1, *ys.shape[2:]), None
+    if rest.shape[0]:
+        rest_start = final
+        final, (y_rest, _) = forward(final, rest)
+        y = jnp.concatenate([y, y_rest])
+    return (y, final), (w_layer, w_iter, bias, x, state, starts, rest_start)
+
+
+def _direction_remat_bwd(kind, activation, chunk, residuals, cotangents):
+    w_layer, w_iter, bias, x, state, starts, rest_start = residuals
+    d_y, d_final = cotangents
+
+    def backward(carry, inputs):  # one chunk: oneDNN's training forward, then its backward
+        d_state, d_weights = carry
+        x, start, d_y = inputs
+        _, saved = _direction_fwd(kind, activation, w_layer, w_iter, bias, x, start)
+        *d_chunk_weights, d_x, d_start = _float32_gradients(kind, activation, saved, (d_y, d_state))
+        return (d_start, jax.tree.map(jnp.add, d_weights, tuple(d_chunk_weights))), d_x
+
+    # The state gradients cross the chunks in float32, and the weights' accumulate in it.
+    d_state = tuple(d.astype(jnp.float32) for d in d_final)
+    carry = (d_state, tuple(jnp.zeros(w.shape, jnp.float32) for w in (w_layer, w_iter, bias)))
+    (x_chunks, x_rest), (d_y_chunks, d_y_rest) = _chunks(x, chunk), _chunks(d_y, chunk)
+    d_x_rest = jnp.zeros(x_rest.shape, jnp.float32)
+    if rest_start is not None:
+        carry, d_x_rest = backward(carry, (x_rest, rest_start, d_y_rest))
+    (d_state, d_weights), d_x = jax.lax.scan(backward, carry, (x_chunks, starts, d_y_chunks), reverse=True)
+    d_x = jnp.concatenate([d_x.reshape(-1, *d_x.shape[2:]), d_x_rest])
+    grads = (*d_weights, d_x, d_state)
+    return jax.tree.map(lambda d, primal: d.astype(primal.dtype), grads, (w_layer, w_iter, bias, x, state))
+
+
+_direction_remat.defvjp(_direction_remat_fwd, _direction_remat_bwd)
 
 
 def _kernel_weights(kind: str, w, d: int):
@@ -459,8 +522,9 @@ def _kernel_weights(kind: str, w, d: int):
 _LSTM_PADDING_WEIGHT = (-1e4, 1e4, 0.0, 0.0)
 
 
-def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask):
-    """`recurrence`'s contract (see `_recurrence`), run by oneDNN one direction at a time.
+def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask, *, chunk: int | None = None):
+    """`recurrence`'s contract (see `_recurrence`), run by oneDNN one direction at a time; with
+    `chunk` (`remat`), differentiated a chunk of that many steps at a time (`_direction_remat`).
 
     oneDNN has no per-sequence lengths. With a mask it runs over the padding too, which
     `run_layer` has zeroed and which comes after each sequence's valid steps in both directions:
@@ -471,6 +535,10 @@ def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask):
     """
     kind, activation = math_key
     padded = ~mask[:, 0] if mask is not None and kind == "lstm" else None  # (T, B, 1)
+    if chunk is None:
+        direction = functools.partial(_direction, kind, activation)
+    else:
+        direction = functools.partial(_direction_remat, kind, activation, chunk)
     ys, finals = [], []
     for d in range(xs.shape[1]):
         w_layer, w_iter, bias = _kernel_weights(kind, w, d)
@@ -482,7 +550,7 @@ def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask):
             # The LSTM's extra input column: 1 in padded steps.
             w_layer, x = jnp.concatenate([w_layer, column], -1), jnp.concatenate([x, padded.astype(x.dtype)], -1)
         state = (state0[0][d].astype(x.dtype), *(c[d] for c in state0[1:]))  # h in x's dtype, c float32
-        y, final = _direction(kind, activation, w_layer, w_iter, bias, x, state)
+        y, final = direction(w_layer, w_iter, bias, x, state)
         ys.append(y)
         finals.append(final)
     ys = jnp.stack(ys, 1)
