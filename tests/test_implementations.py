@@ -86,22 +86,43 @@ def test_onednn_matches_torch(row, rng):
     check_layer_against_torch(row, rng, implementation="onednn")
 
 
+@onednn_platform
+@pytest.mark.parametrize("kind, bias", [("rnn_tanh", False), ("rnn_relu", True), ("lstm", True), ("lstm", False),
+                                        ("gru", True), ("gru", False)])
+def test_onednn_bidirectional_layer_without_lengths_matches_torch(kind, bias, rng):
+    row = dict(
+        kind=kind, num_layers=2, bidirectional=True, bias=bias, batch_first=False, proj=False,
+        unbatched=False, h0=True, seq_lengths=False, dtype="float32", backward="fused", frontend="functional",
+    )
+    check_layer_against_torch(row, rng, implementation="onednn")
+
+
+@onednn_platform
+def test_onednn_bidirectional_layer_without_lengths_is_one_call():
+    """oneDNN's `bidirectional_concat`, forward and backward: nothing is reversed or
+    concatenated outside it."""
+    grad = jax.grad(lambda p: F.lstm(p, X, implementation="onednn")[0].sum())
+    jaxpr = str(jax.make_jaxpr(grad)(_lstm_params(num_layers=2, bidirectional=True)))
+    assert jaxpr.count("buffer_callback") == 2 * 2 and " rev[" not in jaxpr  # a forward and a backward per layer
+
+
 # Max difference of a kernel's bfloat16 from the scan's (oneDNN, measured: outputs and states
 # equal for LSTM and RNN, one bfloat16 ulp, 3.9e-3, for GRU; gradients 6.6e-3 to 8.3e-3 of the
 # largest). Triton's, not yet measured, is held to the same.
 BFLOAT16_BOUNDS = dict(outputs=1e-2, gradients=2e-2)
 
 
-def check_bfloat16_against_the_scan(kind, implementation, rng, bounds, B=9, hidden_size=8, remat=False):
-    """Outputs, final states and every gradient of a 2-layer bidirectional layer with lengths, in
-    bfloat16 under `implementation` (with `remat`), against the scan's in bfloat16."""
+def check_bfloat16_against_the_scan(kind, implementation, rng, bounds, B=9, hidden_size=8, remat=False, lengths=True):
+    """Outputs, final states and every gradient of a 2-layer bidirectional layer (with lengths),
+    in bfloat16 under `implementation` (with `remat`), against the scan's in bfloat16."""
     spec = RecurrentSpec(kind, 5, hidden_size, num_layers=2, bidirectional=True)
     params = spec.init(jax.random.key(0))
     x = rng.standard_normal((7, B, 5)).astype(np.float32)
     fn = {"lstm": F.lstm, "gru": F.gru, "rnn": F.rnn}[kind]
 
     def loss(params, x, implementation):
-        outputs = fn(params, x, seq_lengths=jnp.arange(B) % 7 + 1, dtype=jnp.bfloat16, implementation=implementation,
+        seq_lengths = jnp.arange(B) % 7 + 1 if lengths else None
+        outputs = fn(params, x, seq_lengths=seq_lengths, dtype=jnp.bfloat16, implementation=implementation,
                      remat=remat if implementation != "xla" else False)
         return sum(jnp.sum(a.astype(jnp.float32) ** 2) for a in jax.tree.leaves(outputs)), outputs
 
@@ -115,13 +136,17 @@ def check_bfloat16_against_the_scan(kind, implementation, rng, bounds, B=9, hidd
 
 
 @onednn_platform
-@pytest.mark.parametrize("kind, remat", [("lstm", False), ("gru", False), ("rnn", False), ("lstm", 3), ("gru", 3)])
-def test_onednn_bfloat16_matches_the_scan(kind, remat, rng):
+@pytest.mark.parametrize(
+    "kind, remat, lengths",
+    [("lstm", False, True), ("gru", False, True), ("rnn", False, True), ("lstm", 3, True), ("gru", 3, True),
+     ("lstm", False, False), ("gru", False, False)],
+)
+def test_onednn_bfloat16_matches_the_scan(kind, remat, lengths, rng):
     """bfloat16 in oneDNN is the scan's mixed precision: bfloat16 matmuls into float32, float32
     gate math and LSTM's c. It rounds h to bfloat16 between steps, as the scan does for its
     matmul (a GRU's h, which the scan keeps in float32, too). With `remat`, the gradients
     cross the chunks and add up in float32."""
-    check_bfloat16_against_the_scan(kind, "onednn", rng, BFLOAT16_BOUNDS, remat=remat)
+    check_bfloat16_against_the_scan(kind, "onednn", rng, BFLOAT16_BOUNDS, remat=remat, lengths=lengths)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
@@ -155,7 +180,8 @@ def test_onednn_workspaces_are_reused():
     for _ in range(3):
         jax.block_until_ready(grad(params))
     sizes = [w.nbytes for w in dnn.free]
-    assert not dnn.workspaces and sizes.count(_onednn._primitives("lstm", "tanh", 3, 2, 4, 8, True, "float32")[1]) == 2
+    # One workspace, of both directions: a bidirectional layer without lengths is one call.
+    assert not dnn.workspaces and sizes == [_onednn._primitives("lstm", "tanh", 3, 2, 4, 8, 2, True, "float32")[1]]
 
 
 @onednn_platform
@@ -169,7 +195,7 @@ def test_onednn_remat_holds_one_chunk_of_workspace_and_serves_every_backward():
     _, vjp = jax.vjp(lambda p: F.lstm(p, x, implementation="onednn", remat=3)[0], params)
     first, second = (jax.block_until_ready(vjp(jnp.ones((7, 2, 8), jnp.float32))) for _ in range(2))
     jax.tree.map(np.testing.assert_array_equal, first, second)
-    chunk_sizes = {_onednn._primitives("lstm", "tanh", t, 2, 4, 8, True, "float32")[1] for t in (3, 1)}
+    chunk_sizes = {_onednn._primitives("lstm", "tanh", t, 2, 4, 8, 1, True, "float32")[1] for t in (3, 1)}
     assert not dnn.workspaces and {w.nbytes for w in dnn.free} == chunk_sizes
 
 

@@ -152,18 +152,19 @@ def run_layer(
         _cudnn.check_supported(spec, dtype, dropout_key is not None and dropout > 0 and spec.num_layers > 1)
         x, state = _cudnn.run_stack(spec, params, x, state0, lengths, precision, _cudnn.lstm_kernel())
     else:
+        math_key = (spec.kind, spec.nonlinearity)
+        whole_layer = None
         if implementation == "onednn":  # it takes the chunks itself: it cannot be rematerialised
             _onednn.check_supported(spec, dtype)
+            if spec.bidirectional and lengths is None and chunk is None:
+                whole_layer = functools.partial(_onednn.bidirectional_layer_onednn, math_key)
             fused, chunk = functools.partial(_onednn.recurrence_onednn, chunk=chunk), None
         else:
             fused = {"pallas": recurrence_pallas}.get(implementation, recurrence)
-        loop = functools.partial(
-            fused if fused_backward else recurrence_autodiff,
-            (spec.kind, spec.nonlinearity),
-            unroll,
-            precision,
+        loop = functools.partial(fused if fused_backward else recurrence_autodiff, math_key, unroll, precision)
+        x, state = _run_layers(
+            spec, params, x, state0, lengths, mask, loop, chunk, dropout, dropout_key, whole_layer=whole_layer
         )
-        x, state = _run_layers(spec, params, x, state0, lengths, mask, loop, chunk, dropout, dropout_key)
     x, state = x.astype(dtype), tuple(s.astype(dtype) for s in state)
     if not batched:
         x, state = x[:, 0], tuple(s[:, 0] for s in state)
@@ -172,8 +173,10 @@ def run_layer(
     return x, (LSTMState(*state) if spec.kind == "lstm" else state[0])
 
 
-def _run_layers(spec, params, x, state0, lengths, mask, loop, chunk, dropout, dropout_key):
-    """The layers one after another on time-major `x`, each one `loop` for both directions."""
+def _run_layers(spec, params, x, state0, lengths, mask, loop, chunk, dropout, dropout_key, whole_layer=None):
+    """The layers one after another on time-major `x`, each one `loop` for both directions
+    (the reverse one on its inputs reversed), or `whole_layer(weights, x, state0) -> (outputs,
+    final)` where given, which takes `x` in time order and returns both directions' outputs."""
     T = x.shape[0]
     D = spec.num_directions
     finals = []
@@ -184,14 +187,17 @@ def _run_layers(spec, params, x, state0, lengths, mask, loop, chunk, dropout, dr
             x_fwd, x_rev, mask = inputs
             return loop(weights, jnp.stack([x_fwd, x_rev][:D], 1), state, mask)
 
-        inputs = (x, reverse_sequences(x, lengths) if D == 2 else x, mask)
         layer_state0 = tuple(s[layer * D : (layer + 1) * D] for s in state0)
-        if chunk is None:
-            ys, final = run(layer_state0, inputs)
+        if whole_layer is not None:
+            x, final = whole_layer(weights, x, layer_state0)
         else:
-            ys, final = _chunked(run, layer_state0, inputs, chunk, T)
-        outputs = [ys[:, 0]] + [reverse_sequences(ys[:, 1], lengths)] * (D == 2)
-        x = jnp.concatenate(outputs, -1) if D == 2 else outputs[0]
+            inputs = (x, reverse_sequences(x, lengths) if D == 2 else x, mask)
+            if chunk is None:
+                ys, final = run(layer_state0, inputs)
+            else:
+                ys, final = _chunked(run, layer_state0, inputs, chunk, T)
+            outputs = [ys[:, 0]] + [reverse_sequences(ys[:, 1], lengths)] * (D == 2)
+            x = jnp.concatenate(outputs, -1) if D == 2 else outputs[0]
         if dropout_key is not None and dropout > 0 and layer < spec.num_layers - 1:
             x = _dropout(x, dropout, jax.random.fold_in(dropout_key, layer))
         finals.append(final)
@@ -233,7 +239,7 @@ _LAYER_DOC = """
         "xla": `lax.scan`, on every device. "pallas": one fused kernel per layer for each of the
         forward and backward loops (Triton on GPU, Mosaic on TPU). "cudnn": the LSTM stack as
         one cuDNN call (CUDA GPUs). "onednn": oneDNN's fused CPU kernels, one host call per
-        layer and direction (float32 or bfloat16, no `proj_size`; needs
+        layer (per direction with lengths or remat; float32 or bfloat16, no `proj_size`; needs
         `pip install "jaxrnn[onednn]"`). "auto": "onednn" where it is installed, supports the
         call and measured faster (on CPU, LSTM and GRU layers of 8 sequences or more, and RNN
         layers of 8 or more with `hidden_size` 512 or more), else "xla".

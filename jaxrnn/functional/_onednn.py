@@ -2,8 +2,9 @@
 
 These are the kernels torch's own CPU LSTM runs. XLA:CPU runs each step of a `lax.scan` on one
 core; oneDNN spreads every step over all of them, which is where torch's CPU LSTM gets its
-speed. Each direction of each layer is one host call into oneDNN's C API (through ctypes, so
-nothing is compiled at install time):
+speed. Each layer is one host call into oneDNN's C API (through ctypes, so nothing is compiled
+at install time), both directions at once where it can (`bidirectional_layer_onednn`), else one
+call per direction:
 
 - forward inference when no gradient is taken;
 - under differentiation, forward training, whose workspace (every step's gates and states) stays
@@ -14,7 +15,7 @@ nothing is compiled at install time):
 A forward taken under differentiation keeps its workspace until its backward runs; a backward
 that never runs (a `jax.vjp` whose function is never called) leaves it held. With `remat`, the
 forward runs inference a chunk at a time and keeps the states between chunks, and the backward
-runs training's forward and the backward chunk by chunk (`_direction_remat`): a chunk's
+runs training's forward and the backward chunk by chunk (`_rnn_remat`): a chunk's
 workspace at a time, none held between calls. Under `vmap` the host calls run once per batch
 member. Forward-mode differentiation, `jax.checkpoint` (which cannot recompute a call that keeps
 a workspace) and `jax.export` do not go through host calls; use "xla" there.
@@ -57,7 +58,8 @@ _BF16, _F32, _ANY, _TNC, _LDNC, _LDIGO, _LDGOI, _LDGO = 2, 3, 1, 4, 5, 6, 31, 5
 # oneDNN's type of x, y, h and the weights, by jax dtype; c, the bias and all gradients are float32.
 DATA_TYPES = {"float32": _F32, "bfloat16": _BF16}
 _FORWARD_TRAINING, _FORWARD_INFERENCE, _BACKWARD = 64, 96, 128
-_LEFT2RIGHT, _CPU, _IN_ORDER = 1, 1, 1
+_CPU, _IN_ORDER = 1, 1
+_DIRECTIONS = {1: 1, 2: 3}  # oneDNN's left2right, and bidirectional_concat, by number of directions
 _ACTIVATION = {"tanh": 33, "relu": 32}
 _QUERY_WORKSPACE, _QUERY_SCRATCHPAD, _QUERY_ARG, _SCRATCHPAD_USER = 135, 136, 255, 1
 _DIFF_WEIGHTS_OVERWRITE = 1
@@ -238,8 +240,9 @@ def _instance() -> _OneDNN:
 
 
 @functools.cache
-def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, training: bool, dtype: str):
-    """(forward pd, primitive, workspace bytes), and the backward's (pd, primitive) in training.
+def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, D: int, training: bool, dtype: str):
+    """(forward pd, primitive, workspace bytes), and the backward's (pd, primitive) in training,
+    for one direction (`D=1`) or both, their outputs concatenated (`D=2`).
 
     `dtype` ("float32" or "bfloat16") is that of x, y, h and the weights; c, the bias and every
     gradient are float32, as torch's bfloat16 LSTM has them for the backward.
@@ -251,12 +254,12 @@ def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, trai
     def descs(data_type):
         """(src, h, c, weights by tag, bias, dst) of one data type for x, y, h and the weights."""
         weights = {
-            tag: (dnn.desc([1, 1, I, G, H], tag, data_type), dnn.desc([1, 1, H, G, H], tag, data_type))
+            tag: (dnn.desc([1, D, I, G, H], tag, data_type), dnn.desc([1, D, H, G, H], tag, data_type))
             for tag in (_LDIGO, _LDGOI, _ANY)
         }
-        h, c = dnn.desc([1, 1, B, H], _LDNC, data_type), dnn.desc([1, 1, B, H], _LDNC)
-        bias = dnn.desc([1, 1, G + (kind == "gru"), H], _LDGO)
-        return dnn.desc([T, B, I], _TNC, data_type), h, c, weights, bias, dnn.desc([T, B, H], _TNC, data_type)
+        h, c = dnn.desc([1, D, B, H], _LDNC, data_type), dnn.desc([1, D, B, H], _LDNC)
+        bias = dnn.desc([1, D, G + (kind == "gru"), H], _LDGO)
+        return dnn.desc([T, B, I], _TNC, data_type), h, c, weights, bias, dnn.desc([T, B, D * H], _TNC, data_type)
 
     data, grads = descs(DATA_TYPES[dtype]), descs(_F32)
 
@@ -275,7 +278,7 @@ def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, trai
     # may change between calls); training takes them as they come.
     forward = dnn.primitive(
         getattr(lib, f"dnnl_{name}_forward_primitive_desc_create"), dnn.engine,
-        _FORWARD_TRAINING if training else _FORWARD_INFERENCE, *rnn, _LEFT2RIGHT,
+        _FORWARD_TRAINING if training else _FORWARD_INFERENCE, *rnn, _DIRECTIONS[D],
         *args(_LDIGO if training else _ANY), 0, *alpha_beta, dnn.attr,
     )
     if not training:
@@ -288,7 +291,7 @@ def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, trai
     workspace = dnn.size(forward[0], _QUERY_WORKSPACE)
     backward = dnn.primitive(
         getattr(lib, f"dnnl_{name}_backward_primitive_desc_create"), dnn.engine,
-        _BACKWARD, *rnn, _LEFT2RIGHT, *args(_LDGOI, grads),
+        _BACKWARD, *rnn, _DIRECTIONS[D], *args(_LDGOI, grads),
         _DIFF_WEIGHTS_OVERWRITE, *alpha_beta, forward[0], dnn.attr,
     )
     return forward, workspace, backward
@@ -298,12 +301,12 @@ def _host_forward(kind, activation, training, dtype, outputs, w_layer, w_iter, b
     """Host side of the forward: writes `outputs`, `(y, final state..., [workspace handle])`."""
     T, B, I = x.shape
     y, *final = outputs[: 1 + len(state)]
-    H = y.shape[2]
+    D, _, H = state[0].shape
     arrays = {SRC: x, W_LAYER: w_layer, W_ITER: w_iter, BIAS: bias, DST: y}
     arrays |= dict(zip((SRC_ITER, SRC_ITER_C), state)) | dict(zip((DST_ITER, DST_ITER_C), final))  # h, then c
     dnn = _onednn()
     with dnn.lock:  # XLA may run independent callbacks (two directions) at once
-        (pd, prim), workspace_bytes, packs = _primitives(kind, activation, T, B, I, H, training, dtype)
+        (pd, prim), workspace_bytes, packs = _primitives(kind, activation, T, B, I, H, D, training, dtype)
         if not training:
             for arg, (pack_pd, pack) in packs.items():
                 packed = dnn.packed(arg, dnn.size(pack_pd, _QUERY_ARG, DST))
@@ -328,7 +331,7 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer_t, w_iter_t, bia
     state, final, d_y, d_final = rest[:n], rest[n : 2 * n], rest[2 * n], rest[2 * n + 1 :]
     d_x, *d_state, d_layer, d_iter, d_bias = outputs
     T, B, I = x.shape
-    H = y.shape[2]
+    D, _, H = state[0].shape
     arrays = {
         SRC: x, W_LAYER: w_layer_t, W_ITER: w_iter_t, BIAS: bias, DST: y,
         DIFF + SRC: d_x, DIFF + W_LAYER: d_layer, DIFF + W_ITER: d_iter, DIFF + BIAS: d_bias, DIFF + DST: d_y,
@@ -337,7 +340,7 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer_t, w_iter_t, bia
         arrays |= dict(zip((first, first + 1), group))  # h, then LSTM's c
     dnn = _onednn()
     with dnn.lock:
-        _, _, (pd, prim) = _primitives(kind, activation, T, B, I, H, True, dtype)
+        _, _, (pd, prim) = _primitives(kind, activation, T, B, I, H, D, True, dtype)
         workspace = dnn.workspaces.pop(int(handle), None)
         if workspace is None:
             raise RuntimeError(
@@ -389,18 +392,23 @@ def _float32_shapes(*arrays):
 
 
 def _forward_shapes(x, state):
-    """The forward's outputs: `y` `(T, B, H)` in `x`'s dtype and the final state in `state`'s."""
-    y = jax.ShapeDtypeStruct(x.shape[:2] + state[0].shape[-1:], x.dtype)
+    """The forward's outputs: `y` `(T, B, D * H)` in `x`'s dtype and the final state in `state`'s."""
+    D, _, H = state[0].shape
+    y = jax.ShapeDtypeStruct((*x.shape[:2], D * H), x.dtype)
     return [y, *(jax.ShapeDtypeStruct(s.shape, s.dtype) for s in state)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _direction(kind, activation, w_layer, w_iter, bias, x, state):
-    """One direction of one layer: `x` `(T, B, I)`, `state` a tuple of `(B, H)` -> `(y, final)`.
+def _rnn(kind, activation, w_layer, w_iter, bias, x, state):
+    """One layer in D directions, one call: `x` `(T, B, I)`, `state` a tuple of `(D, B, H)` ->
+    `(y, final)`, `y` `(T, B, D * H)`. D=1 runs left to right; D=2 is oneDNN's
+    `bidirectional_concat`, torch's bidirectional layer without lengths: its second direction
+    runs right to left, and `y` holds both directions' outputs side by side.
 
-    The weights come in torch's layout, `(G, H, in)` (oneDNN's `ldgoi`), which inference reorders
-    from and the backward takes; training's forward takes `(in, G, H)` (`ldigo`). `x`, the
-    weights and `h` are float32 or bfloat16 (see `DATA_TYPES`); the bias and LSTM's `c`, float32.
+    The weights come in torch's layout, `(D, G, H, in)` (oneDNN's `ldgoi`), which inference
+    reorders from and the backward takes; training's forward takes `(D, in, G, H)` (`ldigo`).
+    `x`, the weights and `h` are float32 or bfloat16 (see `DATA_TYPES`); the bias `(D, G', H)`
+    and LSTM's `c`, float32.
     """
     y, *final = _host_call(
         functools.partial(_host_forward, kind, activation, False, x.dtype.name),
@@ -410,11 +418,11 @@ def _direction(kind, activation, w_layer, w_iter, bias, x, state):
     return y, tuple(final)
 
 
-def _direction_fwd(kind, activation, w_layer, w_iter, bias, x, state):
+def _rnn_fwd(kind, activation, w_layer, w_iter, bias, x, state):
     y, *final, handle = _host_call(
         functools.partial(_host_forward, kind, activation, True, x.dtype.name),
         [*_forward_shapes(x, state), jax.ShapeDtypeStruct((), jnp.int32)],
-        *(jnp.transpose(w, (2, 0, 1)) for w in (w_layer, w_iter)), bias, x, *state,
+        *(jnp.transpose(w, (0, 3, 1, 2)) for w in (w_layer, w_iter)), bias, x, *state,
         has_side_effect=True,  # it keeps the workspace for the backward: never dropped or merged
     )
     final = tuple(final)
@@ -425,32 +433,32 @@ def _float32_gradients(kind, activation, residuals, cotangents):
     """The backward host call: the gradients of `(w_layer, w_iter, bias, x, state)`, all float32."""
     w_layer, w_iter, bias, x, state, y, final, handle = residuals
     d_y, d_final = cotangents
-    ldigo = (jax.ShapeDtypeStruct((w.shape[2], *w.shape[:2]), w.dtype) for w in (w_layer, w_iter))
+    ldigo = (jax.ShapeDtypeStruct((w.shape[0], w.shape[3], *w.shape[1:3]), w.dtype) for w in (w_layer, w_iter))
     d_x, *d_state, d_layer, d_iter, d_bias = _host_call(
         functools.partial(_host_backward, kind, activation, len(state), x.dtype.name),
         _float32_shapes(x, *state, *ldigo, bias),
         w_layer, w_iter, bias, x, y, handle, *state, *final, *(d.astype(jnp.float32) for d in (d_y, *d_final)),
         has_side_effect=True,  # it gives the workspace back
     )
-    d_layer, d_iter = (jnp.transpose(d, (1, 2, 0)) for d in (d_layer, d_iter))
+    d_layer, d_iter = (jnp.transpose(d, (0, 2, 3, 1)) for d in (d_layer, d_iter))
     return d_layer, d_iter, d_bias, d_x, tuple(d_state)
 
 
-def _direction_bwd(kind, activation, residuals, cotangents):
+def _rnn_bwd(kind, activation, residuals, cotangents):
     grads = _float32_gradients(kind, activation, residuals, cotangents)
     return jax.tree.map(lambda d, primal: d.astype(primal.dtype), grads, residuals[:5])
 
 
-_direction.defvjp(_direction_fwd, _direction_bwd)
+_rnn.defvjp(_rnn_fwd, _rnn_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _direction_remat(kind, activation, chunk, w_layer, w_iter, bias, x, state):
-    """`_direction` that keeps only the states every `chunk` steps for its backward, which runs
-    oneDNN's training forward again one chunk at a time: oneDNN's workspace is then that of
-    `chunk` steps, not of the whole sequence. One inference call forward, where no gradient is
-    taken."""
-    return _direction(kind, activation, w_layer, w_iter, bias, x, state)
+def _rnn_remat(kind, activation, chunk, w_layer, w_iter, bias, x, state):
+    """`_rnn` of one direction (D=1) that keeps only the states every `chunk` steps for its
+    backward, which runs oneDNN's training forward again one chunk at a time: oneDNN's workspace
+    is then that of `chunk` steps, not of the whole sequence. One inference call forward, where
+    no gradient is taken."""
+    return _rnn(kind, activation, w_layer, w_iter, bias, x, state)
 
 
 def _chunks(a, chunk: int):
@@ -459,9 +467,9 @@ def _chunks(a, chunk: int):
     return a[: n * chunk].reshape(n, chunk, *a.shape[1:]), a[n * chunk :]
 
 
-def _direction_remat_fwd(kind, activation, chunk, w_layer, w_iter, bias, x, state):
+def _rnn_remat_fwd(kind, activation, chunk, w_layer, w_iter, bias, x, state):
     def forward(state, x):  # inference, one chunk: no workspace is kept
-        y, final = _direction(kind, activation, w_layer, w_iter, bias, x, state)
+        y, final = _rnn(kind, activation, w_layer, w_iter, bias, x, state)
         return final, (y, state)
 
     chunks, rest = _chunks(x, chunk)
@@ -474,14 +482,14 @@ def _direction_remat_fwd(kind, activation, chunk, w_layer, w_iter, bias, x, stat
     return (y, final), (w_layer, w_iter, bias, x, state, starts, rest_start)
 
 
-def _direction_remat_bwd(kind, activation, chunk, residuals, cotangents):
+def _rnn_remat_bwd(kind, activation, chunk, residuals, cotangents):
     w_layer, w_iter, bias, x, state, starts, rest_start = residuals
     d_y, d_final = cotangents
 
     def backward(carry, inputs):  # one chunk: oneDNN's training forward, then its backward
         d_state, d_weights = carry
         x, start, d_y = inputs
-        _, saved = _direction_fwd(kind, activation, w_layer, w_iter, bias, x, start)
+        _, saved = _rnn_fwd(kind, activation, w_layer, w_iter, bias, x, start)
         *d_chunk_weights, d_x, d_start = _float32_gradients(kind, activation, saved, (d_y, d_state))
         return (d_start, jax.tree.map(jnp.add, d_weights, tuple(d_chunk_weights))), d_x
 
@@ -498,22 +506,38 @@ def _direction_remat_bwd(kind, activation, chunk, residuals, cotangents):
     return jax.tree.map(lambda d, primal: d.astype(primal.dtype), grads, (w_layer, w_iter, bias, x, state))
 
 
-_direction_remat.defvjp(_direction_remat_fwd, _direction_remat_bwd)
+_rnn_remat.defvjp(_rnn_remat_fwd, _rnn_remat_bwd)
 
 
-def _kernel_weights(kind: str, w, d: int):
-    """Direction `d` of `LoopWeights` in torch's layout, `(G, H, I)`, `(G, H, H)`, and the bias
-    `(G', H)` (the loop's transposes cancel against these: XLA moves no weight)."""
-    G, H = GATES[kind], w.whh.shape[1]
-    w_layer, w_iter = (a[d].T.reshape(G, H, a.shape[1]) for a in (w.wih, w.whh))
-    zeros = jnp.zeros((G, H), w_iter.dtype)
-    b_ih = zeros if w.bih is None else w.bih[d].reshape(G, H)
+def _kernel_weights(kind: str, w):
+    """`LoopWeights` in torch's layout, `(D, G, H, I)`, `(D, G, H, H)`, and the bias `(D, G', H)`
+    in float32 (the loop's transposes cancel against these: XLA moves no weight)."""
+    D, H, G = *w.whh.shape[:2], GATES[kind]
+    w_layer, w_iter = (jnp.swapaxes(a, 1, 2).reshape(D, G, H, a.shape[1]) for a in (w.wih, w.whh))
+    zeros = jnp.zeros((D, G, H), jnp.float32)
+    b_ih = zeros if w.bih is None else w.bih.reshape(D, G, H).astype(jnp.float32)
     if kind != "gru":
         return w_layer, w_iter, b_ih  # b_hh is folded into b_ih (see `_layer_weights`)
-    b_hh = zeros if w.bhh is None else w.bhh[d].reshape(G, H)
-    bias = jnp.stack([b_ih[1] + b_hh[1], b_ih[0] + b_hh[0], b_ih[2], b_hh[2]])
-    w_layer, w_iter = (jnp.stack([w[g] for g in GRU_ORDER]) for w in (w_layer, w_iter))
+    b_hh = zeros if w.bhh is None else w.bhh.reshape(D, G, H).astype(jnp.float32)
+    bias = jnp.stack([b_ih[:, 1] + b_hh[:, 1], b_ih[:, 0] + b_hh[:, 0], b_ih[:, 2], b_hh[:, 2]], 1)
+    w_layer, w_iter = (w[:, list(GRU_ORDER)] for w in (w_layer, w_iter))
     return w_layer, w_iter, bias
+
+
+def _run(rnn, w_layer, w_iter, bias, x, state0):
+    """`rnn(w_layer, w_iter, bias, x, state)` (`_rnn` or `_rnn_remat`) with `x` and `h` in the
+    weights' dtype; the final state comes back in `state0`'s dtypes."""
+    state = (state0[0].astype(w_layer.dtype), *state0[1:])  # LSTM's c stays float32
+    y, final = rnn(w_layer, w_iter, bias, x.astype(w_layer.dtype), state)
+    return y, tuple(f.astype(s.dtype) for f, s in zip(final, state0))
+
+
+def bidirectional_layer_onednn(math_key, w, x, state0):
+    """One bidirectional layer without lengths as one oneDNN call (`bidirectional_concat`): `x`
+    `(T, B, I)` in time order, `state0` a tuple of `(2, B, H)` -> `(y, final state)`, `y`
+    `(T, B, 2 * H)`. Nothing is reversed, stacked or concatenated on XLA's side."""
+    kind, activation = math_key
+    return _run(functools.partial(_rnn, kind, activation), *_kernel_weights(kind, w), x, state0)
 
 
 # An input column that is 1 in padded steps, with this weight on LSTM's (i, f, g, o) gates:
@@ -524,7 +548,7 @@ _LSTM_PADDING_WEIGHT = (-1e4, 1e4, 0.0, 0.0)
 
 def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask, *, chunk: int | None = None):
     """`recurrence`'s contract (see `_recurrence`), run by oneDNN one direction at a time; with
-    `chunk` (`remat`), differentiated a chunk of that many steps at a time (`_direction_remat`).
+    `chunk` (`remat`), differentiated a chunk of that many steps at a time (`_rnn_remat`).
 
     oneDNN has no per-sequence lengths. With a mask it runs over the padding too, which
     `run_layer` has zeroed and which comes after each sequence's valid steps in both directions:
@@ -536,25 +560,24 @@ def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask, *, chunk
     kind, activation = math_key
     padded = ~mask[:, 0] if mask is not None and kind == "lstm" else None  # (T, B, 1)
     if chunk is None:
-        direction = functools.partial(_direction, kind, activation)
+        rnn = functools.partial(_rnn, kind, activation)
     else:
-        direction = functools.partial(_direction_remat, kind, activation, chunk)
+        rnn = functools.partial(_rnn_remat, kind, activation, chunk)
+    weights = _kernel_weights(kind, w)
     ys, finals = [], []
     for d in range(xs.shape[1]):
-        w_layer, w_iter, bias = _kernel_weights(kind, w, d)
-        bias = bias.astype(jnp.float32)
-        x = xs[:, d].astype(w_layer.dtype)
+        w_layer, w_iter, bias = (a[d : d + 1] for a in weights)
+        x = xs[:, d]
         if padded is not None:
             gate_weights = jnp.asarray(_LSTM_PADDING_WEIGHT, w_layer.dtype)[:, None, None]
-            column = jnp.repeat(gate_weights, w_layer.shape[1], axis=1)  # (4, H, 1)
+            column = jnp.repeat(gate_weights, w_layer.shape[2], axis=1)[None]  # (1, 4, H, 1)
             # The LSTM's extra input column: 1 in padded steps.
             w_layer, x = jnp.concatenate([w_layer, column], -1), jnp.concatenate([x, padded.astype(x.dtype)], -1)
-        state = (state0[0][d].astype(x.dtype), *(c[d] for c in state0[1:]))  # h in x's dtype, c float32
-        y, final = direction(w_layer, w_iter, bias, x, state)
+        y, final = _run(rnn, w_layer, w_iter, bias, x, tuple(s[d : d + 1] for s in state0))
         ys.append(y)
         finals.append(final)
     ys = jnp.stack(ys, 1)
-    finals = tuple(jnp.stack(parts).astype(s.dtype) for parts, s in zip(zip(*finals), state0))
+    finals = tuple(jnp.concatenate(parts) for parts in zip(*finals))
     if mask is None:
         return ys, finals
     last = mask[:, 0, :, 0].sum(0) - 1  # (B,) each sequence's last valid step
