@@ -509,19 +509,25 @@ def _rnn_remat_bwd(kind, activation, chunk, residuals, cotangents):
 _rnn_remat.defvjp(_rnn_remat_fwd, _rnn_remat_bwd)
 
 
-def _kernel_weights(kind: str, w):
-    """`LoopWeights` in torch's layout, `(D, G, H, I)`, `(D, G, H, H)`, and the bias `(D, G', H)`
-    in float32 (the loop's transposes cancel against these: XLA moves no weight)."""
-    D, H, G = *w.whh.shape[:2], GATES[kind]
-    w_layer, w_iter = (jnp.swapaxes(a, 1, 2).reshape(D, G, H, a.shape[1]) for a in (w.wih, w.whh))
-    zeros = jnp.zeros((D, G, H), jnp.float32)
-    b_ih = zeros if w.bih is None else w.bih.reshape(D, G, H).astype(jnp.float32)
+def _kernel_weights(kind: str, w, directions):
+    """The given directions of `LoopWeights`, stacked, in torch's layout: `(D, G, H, I)`,
+    `(D, G, H, H)`, and the bias `(D, G', H)` in float32. Taken direction by direction, the
+    loop's transposes cancel against these: for one direction XLA moves no weight."""
+    G, H = GATES[kind], w.whh.shape[1]
+
+    def weight(a):  # (D, n, G*H) -> (len(directions), G, H, n)
+        return jnp.stack([a[d].T.reshape(G, H, -1) for d in directions])
+
+    def bias(b):  # (D, 1, G*H) -> (len(directions), G, H)
+        return jnp.zeros((len(directions), G, H), jnp.float32) if b is None else weight(b)[..., 0].astype(jnp.float32)
+
+    w_layer, w_iter, b_ih = weight(w.wih), weight(w.whh), bias(w.bih)
     if kind != "gru":
         return w_layer, w_iter, b_ih  # b_hh is folded into b_ih (see `_layer_weights`)
-    b_hh = zeros if w.bhh is None else w.bhh.reshape(D, G, H).astype(jnp.float32)
-    bias = jnp.stack([b_ih[:, 1] + b_hh[:, 1], b_ih[:, 0] + b_hh[:, 0], b_ih[:, 2], b_hh[:, 2]], 1)
-    w_layer, w_iter = (w[:, list(GRU_ORDER)] for w in (w_layer, w_iter))
-    return w_layer, w_iter, bias
+    b_hh = bias(w.bhh)
+    gru_bias = jnp.stack([b_ih[:, 1] + b_hh[:, 1], b_ih[:, 0] + b_hh[:, 0], b_ih[:, 2], b_hh[:, 2]], 1)
+    w_layer, w_iter = (a[:, list(GRU_ORDER)] for a in (w_layer, w_iter))
+    return w_layer, w_iter, gru_bias
 
 
 def _run(rnn, w_layer, w_iter, bias, x, state0):
@@ -537,7 +543,7 @@ def bidirectional_layer_onednn(math_key, w, x, state0):
     `(T, B, I)` in time order, `state0` a tuple of `(2, B, H)` -> `(y, final state)`, `y`
     `(T, B, 2 * H)`. Nothing is reversed, stacked or concatenated on XLA's side."""
     kind, activation = math_key
-    return _run(functools.partial(_rnn, kind, activation), *_kernel_weights(kind, w), x, state0)
+    return _run(functools.partial(_rnn, kind, activation), *_kernel_weights(kind, w, range(2)), x, state0)
 
 
 # An input column that is 1 in padded steps, with this weight on LSTM's (i, f, g, o) gates:
@@ -563,10 +569,9 @@ def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask, *, chunk
         rnn = functools.partial(_rnn, kind, activation)
     else:
         rnn = functools.partial(_rnn_remat, kind, activation, chunk)
-    weights = _kernel_weights(kind, w)
     ys, finals = [], []
     for d in range(xs.shape[1]):
-        w_layer, w_iter, bias = (a[d : d + 1] for a in weights)
+        w_layer, w_iter, bias = _kernel_weights(kind, w, [d])
         x = xs[:, d]
         if padded is not None:
             gate_weights = jnp.asarray(_LSTM_PADDING_WEIGHT, w_layer.dtype)[:, None, None]
