@@ -152,7 +152,7 @@ class _OneDNN:
 
     def packed(self, arg: int, nbytes: int) -> np.ndarray:
         """A buffer for packed weights, reused from call to call (the caller holds `lock`)."""
-        if self.packs.get(arg, _empty(0)).nbytes < nbytes:
+        if arg not in self.packs or self.packs[arg].nbytes < nbytes:
             self.packs[arg] = _empty(nbytes)
         return self.packs[arg][:nbytes]
 
