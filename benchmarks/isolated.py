@@ -12,12 +12,14 @@ from __future__ import annotations
 def serve(connection, state_dict, nonlinearity, x, lengths, backward, implementation, dtype) -> None:
     """Build and compile the layer (computing in `dtype`, from float32 weights and `x`), say
     "ready", then run it once per "run" received."""
+    import jax.numpy as jnp
     from peers import jaxrnn_model_runner
 
     from jaxrnn.convert import module_from_torch
 
     layer = module_from_torch(state_dict, nonlinearity=nonlinearity, implementation=implementation, dtype=dtype)
-    run = jaxrnn_model_runner(*layer, x, lengths, backward)
+    # On the device once, as every other peer's input: a numpy `x` is copied in at every call.
+    run = jaxrnn_model_runner(*layer, jnp.asarray(x, dtype), lengths, backward)
     run()
     connection.send("ready")
     while connection.recv() == "run":
