@@ -4,6 +4,9 @@
     python benchmarks/run.py --quick            # tiny sizes, as CI runs it
     python benchmarks/run.py --dtype bfloat16   # every peer in bfloat16 (RESULTS_BFLOAT16.md)
     BENCH_DEVICE=gpu python benchmarks/run.py   # on a CUDA GPU, against cuDNN
+    BENCH_PEERS=torch,jaxrnn python benchmarks/run.py   # only these peers
+
+The table is rewritten after every row, so a run cut short leaves the rows it measured.
 
 Every peer runs on the same torch weights and inputs with the same thread count; times are
 medians of `--repeats` runs after a warm-up call, compile time (first call) is reported apart.
@@ -38,6 +41,12 @@ from jaxrnn.functional import RecurrentSpec  # noqa: E402
 from jaxrnn.functional._onednn import preferred  # noqa: E402
 
 PEERS = GPU_PEERS if GPU else PEERS
+if os.environ.get("BENCH_PEERS"):  # a comma-separated subset, for a short run on a lent device
+    chosen = os.environ["BENCH_PEERS"].split(",")
+    unknown = [name for name in chosen if name not in PEERS]
+    if unknown:
+        raise SystemExit(f"BENCH_PEERS names {unknown}; the peers here are {list(PEERS)}")
+    PEERS = {name: PEERS[name] for name in chosen}
 OURS = [name for name in PEERS if name.startswith("jaxrnn")]  # jaxrnn's implementations
 OTHERS = [name for name in PEERS if name not in OURS]
 
@@ -164,9 +173,11 @@ def machine() -> str:
 AUTO_NOTE = "" if GPU else "; jaxrnn auto: `implementation='auto'`, the time of the implementation it picks for the row"
 
 
-def write_results(rows, results, peak, path_md, path_png, quick, repeats, dtype):
+def write_table(rows, results, peak, path_md, quick, repeats, dtype):
+    """RESULTS.md of the rows measured so far (`results` may be shorter than `rows`)."""
     pairs = [(ours, peer) for peer in OTHERS for ours in OURS]
     short = {name: name.removeprefix("jaxrnn").strip() or "default" for name in OURS}
+    env_peers = f"BENCH_PEERS={','.join(PEERS)} " if os.environ.get("BENCH_PEERS") else ""
     described = ", ".join(f"{n}: `implementation={short[n]!r}`" if n != "jaxrnn" else f"{n}: the default" for n in OURS)
     lines = [
         "# Benchmark results",
@@ -178,8 +189,9 @@ def write_results(rows, results, peak, path_md, path_png, quick, repeats, dtype)
         f"({described}{AUTO_NOTE}). "
         f"Large-matmul peak on this machine: {peak:.0f} GFLOP/s (the best {dtype} matmul of XLA"
         f"{'' if GPU else ' and torch'}); GFLOP/s of the faster jaxrnn. "
-        f"Produced by `{'BENCH_DEVICE=gpu ' if GPU else ''}python benchmarks/run.py"
-        f"{' --quick' if quick else ''}{'' if dtype == 'float32' else f' --dtype {dtype}'}`.",
+        f"Produced by `{'BENCH_DEVICE=gpu ' if GPU else ''}{env_peers}python benchmarks/run.py"
+        f"{' --quick' if quick else ''}{'' if dtype == 'float32' else f' --dtype {dtype}'}`."
+        + ("" if len(results) == len(rows) else f" **Partial: {len(results)} of {len(rows)} rows (the run stopped).**"),
         "",
         "| case (B/T/H) | " + " | ".join(f"{p} ms" for p in PEERS)
         + " | " + " | ".join(f"{short[o]} /{p}" for o, p in pairs) + " | GFLOP/s (of peak) | compile s |",
@@ -206,6 +218,8 @@ def write_results(rows, results, peak, path_md, path_png, quick, repeats, dtype)
     with open(path_md, "w") as file:
         file.write("\n".join(lines) + "\n")
 
+
+def write_figure(rows, results, path_png):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -241,6 +255,9 @@ def main():
     rng = np.random.default_rng(0)
     rows = [r for r in cases(args.quick) if args.only in label(r)]
     peak = matmul_peak_gflops(args.dtype, 256 if args.quick else 2048, args.repeats)
+    os.makedirs(args.out, exist_ok=True)
+    suffix = ("_GPU" if GPU else "") + ("" if args.dtype == "float32" else f"_{args.dtype.upper()}")
+    path_md = os.path.join(args.out, f"RESULTS{suffix}.md")
     results = []
     console = Console()
     for row in track(rows, description="benchmarking", console=console):
@@ -250,16 +267,8 @@ def main():
             f"{label(row):32s} " + " | ".join(f"{p} {r[p]:8.2f}" for p in PEERS if p in r)
             + " | faster jaxrnn / " + " ".join(f"{p} {ratio(r, 'best', p):.2f}" for p in OTHERS if p in r)
         )
-    os.makedirs(args.out, exist_ok=True)
-    suffix = ("_GPU" if GPU else "") + ("" if args.dtype == "float32" else f"_{args.dtype.upper()}")
-    write_results(
-        rows, results, peak,
-        os.path.join(args.out, f"RESULTS{suffix}.md"),
-        os.path.join(args.out, f"results{suffix.lower()}.png"),
-        args.quick,
-        args.repeats,
-        args.dtype,
-    )
+        write_table(rows, results, peak, path_md, args.quick, args.repeats, args.dtype)
+    write_figure(rows, results, os.path.join(args.out, f"results{suffix.lower()}.png"))
 
 
 if __name__ == "__main__":
