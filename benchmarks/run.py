@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 
@@ -177,7 +178,7 @@ def write_table(rows, results, peak, path_md, quick, repeats, dtype):
     """RESULTS.md of the rows measured so far (`results` may be shorter than `rows`)."""
     pairs = [(ours, peer) for peer in OTHERS for ours in OURS]
     short = {name: name.removeprefix("jaxrnn").strip() or "default" for name in OURS}
-    env_peers = f"BENCH_PEERS={','.join(PEERS)} " if os.environ.get("BENCH_PEERS") else ""
+    env_peers = f"BENCH_PEERS={shlex.quote(','.join(PEERS))} " if os.environ.get("BENCH_PEERS") else ""
     described = ", ".join(f"{n}: `implementation={short[n]!r}`" if n != "jaxrnn" else f"{n}: the default" for n in OURS)
     lines = [
         "# Benchmark results",
