@@ -45,8 +45,8 @@ PEERS = GPU_PEERS if GPU else PEERS
 if os.environ.get("BENCH_PEERS"):  # a comma-separated subset, for a short run on a lent device
     chosen = os.environ["BENCH_PEERS"].split(",")
     unknown = [name for name in chosen if name not in PEERS]
-    if unknown:
-        raise SystemExit(f"BENCH_PEERS names {unknown}; the peers here are {list(PEERS)}")
+    if unknown or not any(name.startswith("jaxrnn") for name in chosen):
+        raise SystemExit(f"BENCH_PEERS must name jaxrnn peers among {list(PEERS)}; got {chosen}")
     PEERS = {name: PEERS[name] for name in chosen}
 OURS = [name for name in PEERS if name.startswith("jaxrnn")]  # jaxrnn's implementations
 OTHERS = [name for name in PEERS if name not in OURS]
@@ -174,6 +174,12 @@ def machine() -> str:
 AUTO_NOTE = "" if GPU else "; jaxrnn auto: `implementation='auto'`, the time of the implementation it picks for the row"
 
 
+def compile_seconds(r: dict) -> str:
+    """The default jaxrnn's compile time, else that of the first jaxrnn implementation measured."""
+    name = next((name for name in ("jaxrnn", *OURS) if f"{name}_compile" in r), None)
+    return "n/a" if name is None else f"{r[name + '_compile']:.1f}"
+
+
 def write_table(rows, results, peak, path_md, quick, repeats, dtype):
     """RESULTS.md of the rows measured so far (`results` may be shorter than `rows`)."""
     pairs = [(ours, peer) for peer in OTHERS for ours in OURS]
@@ -203,7 +209,7 @@ def write_table(rows, results, peak, path_md, quick, repeats, dtype):
             f"| {label(row)} | "
             + " | ".join(cell(r.get(p)) for p in PEERS) + " | "
             + " | ".join(cell(ratio(r, o, p)) for o, p in pairs)
-            + f" | {r['gflops']:.0f} ({r['gflops'] / peak:.0%}) | {r['jaxrnn_compile']:.1f} |"
+            + f" | {r['gflops']:.0f} ({r['gflops'] / peak:.0%}) | {compile_seconds(r)} |"
         )
     lines += ["", "| ratio | rows | worst | geometric mean |", "|---|---|---|---|"]
     summaries = {**{ours: ours for ours in OURS}, "auto": "jaxrnn auto", "best": "faster jaxrnn"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,3 +24,11 @@ def test_quick_benchmark_writes_results(dtype, suffix, tmp_path):
     for ratio in ("jaxrnn / torch", "jaxrnn onednn / torch", "jaxrnn auto / torch", "jaxrnn / flax", "jaxrnn / equinox"):
         assert f"| {ratio} | 1 |" in table
     assert (tmp_path / f"results{suffix.lower()}.png").stat().st_size > 1000
+
+
+def test_bench_peers_refuses_unknown_peers():
+    env = dict(os.environ, BENCH_PEERS="torch,cudnn")
+    done = subprocess.run([sys.executable, str(HARNESS), "--quick"], env=env, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "BENCH_PEERS must name jaxrnn peers among ['torch', 'jaxrnn'" in done.stderr
+    assert "got ['torch', 'cudnn']" in done.stderr
