@@ -227,7 +227,7 @@ def _join_first(first, rest):
 
 
 # XLA:CPU's matmul library splits a dot over threads only from this much work, `(rows + columns)
-# * contraction` (see the README's CPU notes).
+# * contraction` (see docs/performance.md).
 CPU_DOT_SPLIT_SIZE = 65536
 
 
@@ -236,14 +236,19 @@ def _hoists_forward_only(math_key, w: LoopWeights, xs) -> bool:
     LSTMs do. A GRU on CPU does where its step's own projection would run on one core and the
     step is large enough to prefetch (B=32, H=128: 6.2-6.6 against 7.5-7.7 ms); it projects
     inside the step where that dot splits over threads (B=8, H=256: 19 against 25 ms) or the
-    step is tiny (B=1, H=64: 1.3 against 1.8 ms). Off CPU a GRU projects inside the step, as it
-    did when the GPU figures were taken (hoisting it there is not measured)."""
+    step is tiny (B=1, H=64: 1.3 against 1.8 ms). With 16-bit weights the step's own
+    mixed-precision dot is the slower one wherever the step is large enough to prefetch, split
+    or not (hoisted against in the step, bfloat16 in two runs and float16 in one: B=8, T=500,
+    H=256 0.74-0.87x; B=8, T=200, H=512 0.73-0.83x; B=32, T=100, H=256 0.84-0.90x; H=128 and
+    B=64, H=512 level at 0.81-1.03x; B=1, H=64 1.5-1.6x). Off CPU a GRU projects inside the step, as it did when the GPU
+    figures were taken (hoisting it there is not measured)."""
     if math_key[0] != "gru":
         return True
     _, D, B, I = xs.shape
     gates = w.wih.shape[-1]
-    small_dot = (B + gates) * I < CPU_DOT_SPLIT_SIZE
-    return jax.default_backend() == "cpu" and small_dot and D * B * gates >= PREFETCH_MIN_SIZE
+    one_core = (B + gates) * I < CPU_DOT_SPLIT_SIZE
+    mixed = jnp.dtype(w.wih.dtype).itemsize == 2
+    return jax.default_backend() == "cpu" and (one_core or mixed) and D * B * gates >= PREFETCH_MIN_SIZE
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
