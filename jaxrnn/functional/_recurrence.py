@@ -240,8 +240,8 @@ def _hoists_forward_only(math_key, w: LoopWeights, xs) -> bool:
     mixed-precision dot is the slower one wherever the step is large enough to prefetch, split
     or not (hoisted against in the step, bfloat16 in two runs and float16 in one: B=8, T=500,
     H=256 0.74-0.87x; B=8, T=200, H=512 0.73-0.83x; B=32, T=100, H=256 0.84-0.90x; H=128 and
-    B=64, H=512 level at 0.81-1.03x; B=1, H=64 1.5-1.6x). Off CPU a GRU projects inside the step, as it did when the GPU
-    figures were taken (hoisting it there is not measured)."""
+    B=64, H=512 level at 0.81-1.03x; B=1, H=64 1.5-1.6x). Off CPU a GRU projects inside the
+    step, as it did when the GPU figures were taken (hoisting it there is not measured)."""
     if math_key[0] != "gru":
         return True
     _, D, B, I = xs.shape
