@@ -247,7 +247,7 @@ def _hoists_forward_only(math_key, w: LoopWeights, xs) -> bool:
     _, D, B, I = xs.shape
     gates = w.wih.shape[-1]
     one_core = (B + gates) * I < CPU_DOT_SPLIT_SIZE
-    mixed = jnp.dtype(w.wih.dtype).itemsize == 2
+    mixed = compute_dtype(w.wih.dtype) != w.wih.dtype
     return jax.default_backend() == "cpu" and (one_core or mixed) and D * B * gates >= PREFETCH_MIN_SIZE
 
 
