@@ -137,12 +137,13 @@ class _OneDNN:
         self.check(lib.dnnl_primitive_attr_create(ctypes.byref(self.attr)))
         self.check(lib.dnnl_primitive_attr_set_scratchpad_mode(self.attr, _SCRATCHPAD_USER))
         self.scratchpad = _empty(0)
-        self.lock = threading.Lock()
         # oneDNN runs on one thread of its own: XLA calls back from any of its threads, each of
         # which would get an OpenMP team of its own, and with more OpenMP threads than cores
         # OpenMP stops spinning at its barriers (an LSTM step has several): 21 ms instead of 9
-        # for an LSTM forward at B=32, T=100, H=128.
+        # for an LSTM forward at B=32, T=100, H=128. A host call's whole work goes to that thread
+        # in one hand-off (`_host_call`), so that everything below is touched by that thread only.
         self.thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onednn")
+        self.layouts: dict[int, dict[int, tuple[ctypes.c_void_p, int]]] = {}  # see `layout`
         self.handles = itertools.count()
         self.workspaces: dict[int, np.ndarray] = {}  # handle -> the workspace of one forward
         # Workspaces a backward gave back, reused by size so that no call faults them in afresh;
@@ -151,7 +152,7 @@ class _OneDNN:
         self.packs: dict[int, np.ndarray] = {}  # argument id -> buffer of packed weights
 
     def packed(self, arg: int, nbytes: int) -> np.ndarray:
-        """A buffer for packed weights, reused from call to call (the caller holds `lock`)."""
+        """A buffer for packed weights, reused from call to call."""
         if arg not in self.packs or self.packs[arg].nbytes < nbytes:
             self.packs[arg] = _empty(nbytes)
         return self.packs[arg][:nbytes]
@@ -192,34 +193,36 @@ class _OneDNN:
     def size(self, pd, query: int, index: int = 0) -> int:
         return self.lib.dnnl_memory_desc_get_size(self.desc_of(pd, query, index))
 
+    def layout(self, pd, arg: int) -> tuple[ctypes.c_void_p, int]:
+        """(memory descriptor, bytes) of argument `arg` of `pd`, asked of oneDNN once."""
+        layout = self.layouts.setdefault(pd.value, {})
+        if arg not in layout:
+            md = self.desc_of(pd, _QUERY_SCRATCHPAD, 0) if arg == SCRATCHPAD else self.desc_of(pd, _QUERY_ARG, arg)
+            layout[arg] = md, self.lib.dnnl_memory_desc_get_size(md)
+        return layout[arg]
+
     def execute(self, pd, prim, arrays: dict[int, np.ndarray]) -> None:
-        """Run `prim` on `arrays` by execution argument id, each checked against its size. The
-        caller holds `lock`."""
-        scratchpad = self.size(pd, _QUERY_SCRATCHPAD)
+        """Run `prim` on `arrays` by execution argument id, each checked against its size."""
+        scratchpad = self.layout(pd, SCRATCHPAD)[1]
         if self.scratchpad.nbytes < scratchpad:
             self.scratchpad = _empty(scratchpad)
         arrays = arrays | {SCRATCHPAD: self.scratchpad[:scratchpad]}
         memories = []
         try:
             for arg, array in arrays.items():
-                md = self.desc_of(pd, _QUERY_ARG, arg)
-                expected = self.lib.dnnl_memory_desc_get_size(md)
+                md, expected = self.layout(pd, arg)
                 if array.nbytes != expected or not array.flags.c_contiguous:
                     raise RuntimeError(f"oneDNN argument {arg}: {array.nbytes} bytes given, {expected} expected")
                 memory = ctypes.c_void_p()
                 self.check(self.lib.dnnl_memory_create(
                     ctypes.byref(memory), md, self.engine, ctypes.c_void_p(array.ctypes.data)))
-                memories.append((arg, memory))
-            args = (_Arg * len(memories))(*[_Arg(arg, memory) for arg, memory in memories])
-
-            def run():
-                self.check(self.lib.dnnl_primitive_execute(prim, self.stream, len(memories), args))
-                self.check(self.lib.dnnl_stream_wait(self.stream))
-
-            self.thread.submit(run).result()
+                memories.append(_Arg(arg, memory))
+            args = (_Arg * len(memories))(*memories)
+            self.check(self.lib.dnnl_primitive_execute(prim, self.stream, len(memories), args))
+            self.check(self.lib.dnnl_stream_wait(self.stream))
         finally:
-            for _, memory in memories:
-                self.lib.dnnl_memory_destroy(memory)
+            for memory in memories:
+                self.lib.dnnl_memory_destroy(ctypes.c_void_p(memory.memory))
 
 
 _SETUP = threading.Lock()
@@ -227,8 +230,8 @@ _SETUP = threading.Lock()
 
 def _onednn() -> _OneDNN:
     """The one `_OneDNN` of the process. XLA may make its first two host calls at once (the two
-    directions of a layer); without the lock each made an instance, with an engine and a lock of
-    its own, and one ran the other's primitives: "oneDNN call failed with status 2" in 2 of 12
+    directions of a layer); without the lock each made an instance with an engine of its own,
+    and one ran the other's primitives: "oneDNN call failed with status 2" in 2 of 12
     fresh processes, on the first call of a bidirectional LSTM."""
     with _SETUP:
         return _instance()
@@ -305,19 +308,18 @@ def _host_forward(kind, activation, training, dtype, outputs, w_layer, w_iter, b
     arrays = {SRC: x, W_LAYER: w_layer, W_ITER: w_iter, BIAS: bias, DST: y}
     arrays |= dict(zip((SRC_ITER, SRC_ITER_C), state)) | dict(zip((DST_ITER, DST_ITER_C), final))  # h, then c
     dnn = _onednn()
-    with dnn.lock:  # XLA may run independent callbacks (two directions) at once
-        (pd, prim), workspace_bytes, packs = _primitives(kind, activation, T, B, I, H, D, training, dtype)
-        if not training:
-            for arg, (pack_pd, pack) in packs.items():
-                packed = dnn.packed(arg, dnn.size(pack_pd, _QUERY_ARG, DST))
-                dnn.execute(pack_pd, pack, {SRC: arrays[arg], DST: packed})
-                arrays[arg] = packed
-            dnn.execute(pd, prim, arrays)
-            return
-        workspace = dnn.take_workspace(workspace_bytes)
-        dnn.execute(pd, prim, arrays | {WORKSPACE: workspace})
-        handle = next(dnn.handles) % 2**31
-        dnn.workspaces[handle] = workspace
+    (pd, prim), workspace_bytes, packs = _primitives(kind, activation, T, B, I, H, D, training, dtype)
+    if not training:
+        for arg, (pack_pd, pack) in packs.items():
+            packed = dnn.packed(arg, dnn.layout(pack_pd, DST)[1])
+            dnn.execute(pack_pd, pack, {SRC: arrays[arg], DST: packed})
+            arrays[arg] = packed
+        dnn.execute(pd, prim, arrays)
+        return
+    workspace = dnn.take_workspace(workspace_bytes)
+    dnn.execute(pd, prim, arrays | {WORKSPACE: workspace})
+    handle = next(dnn.handles) % 2**31
+    dnn.workspaces[handle] = workspace
     outputs[-1][...] = handle
 
 
@@ -339,27 +341,27 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer_t, w_iter_t, bia
     for first, group in ((SRC_ITER, state), (DST_ITER, final), (DIFF + SRC_ITER, d_state), (DIFF + DST_ITER, d_final)):
         arrays |= dict(zip((first, first + 1), group))  # h, then LSTM's c
     dnn = _onednn()
-    with dnn.lock:
-        _, _, (pd, prim) = _primitives(kind, activation, T, B, I, H, D, True, dtype)
-        workspace = dnn.workspaces.pop(int(handle), None)
-        if workspace is None:
-            raise RuntimeError(
-                "implementation='onednn': this forward's residuals were already used; a forward pass "
-                "serves one backward pass (with remat, or implementation='xla', it serves any number)"
-            )
-        try:
-            dnn.execute(pd, prim, arrays | {WORKSPACE: workspace})
-        finally:
-            dnn.give_back(workspace)
+    _, _, (pd, prim) = _primitives(kind, activation, T, B, I, H, D, True, dtype)
+    workspace = dnn.workspaces.pop(int(handle), None)
+    if workspace is None:
+        raise RuntimeError(
+            "implementation='onednn': this forward's residuals were already used; a forward pass "
+            "serves one backward pass (with remat, or implementation='xla', it serves any number)"
+        )
+    try:
+        dnn.execute(pd, prim, arrays | {WORKSPACE: workspace})
+    finally:
+        dnn.give_back(workspace)
 
 
 def _host_call(host_fn, result_shapes, *args, has_side_effect: bool = False):
-    """`host_fn(outputs, *args)` on the host, on numpy views of XLA's own buffers: it writes its
-    outputs in place, so nothing is copied in or out (`pure_callback` copied every output: 0.9 ms
-    for 1.6 MB, and took 77 us a call against 14 us)."""
+    """`host_fn(outputs, *args)` on oneDNN's thread, on numpy views of XLA's own buffers: it
+    writes its outputs in place, so nothing is copied in or out (`pure_callback` copied every
+    output: 0.9 ms for 1.6 MB, and took 77 us a call against 14 us). Host calls that XLA makes
+    at once (two directions of a layer) run one after the other there."""
 
     def callback(_, outputs, *args):
-        host_fn([_host(a) for a in outputs], *(_host(a) for a in args))
+        _onednn().thread.submit(host_fn, [_host(a) for a in outputs], *(_host(a) for a in args)).result()
 
     # numpy takes no bfloat16 through DLPack: bfloat16 crosses as its bits, uint16.
     bits = [jax.ShapeDtypeStruct(s.shape, _BITS.get(s.dtype, s.dtype)) for s in result_shapes]
