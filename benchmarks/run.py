@@ -36,7 +36,7 @@ from rich.console import Console  # noqa: E402
 from rich.progress import track  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peers import GPU_PEERS, PEERS  # noqa: E402
+from peers import GPU_PEERS, PEERS, IsolatedRunner  # noqa: E402
 
 from jaxrnn.functional import RecurrentSpec  # noqa: E402
 from jaxrnn.functional._onednn import preferred  # noqa: E402
@@ -72,9 +72,12 @@ def cases(quick: bool):
 
 
 def _seconds(run) -> float:
+    """Seconds of one call of `run`: as its own process timed it for a run in a process of its
+    own (`IsolatedRunner`), as every other peer is timed in this one."""
     start = time.perf_counter()
     run()
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    return run.seconds if isinstance(run, IsolatedRunner) else elapsed
 
 
 def interleaved_medians(runs: dict, repeats: int, block: int = 3) -> dict[str, float]:
