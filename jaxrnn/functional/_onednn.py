@@ -61,7 +61,7 @@ _FORWARD_TRAINING, _FORWARD_INFERENCE, _BACKWARD = 64, 96, 128
 _CPU, _IN_ORDER = 1, 1
 _DIRECTIONS = {1: 1, 2: 3}  # oneDNN's left2right, and bidirectional_concat, by number of directions
 _ACTIVATION = {"tanh": 33, "relu": 32}
-_QUERY_WORKSPACE, _QUERY_SCRATCHPAD, _QUERY_ARG, _SCRATCHPAD_USER = 135, 136, 255, 1
+_QUERY_ARG, _SCRATCHPAD_USER = 255, 1  # dnnl_query_exec_arg_md: any argument's, by id
 _DIFF_WEIGHTS_OVERWRITE = 1
 # Execution argument ids; the gradient of argument `a` is `a + DIFF`.
 SRC, SRC_ITER, SRC_ITER_C, DST, DST_ITER, DST_ITER_C = 1, 2, 3, 17, 18, 19
@@ -187,17 +187,15 @@ class _OneDNN:
         self.check(self.lib.dnnl_primitive_create(ctypes.byref(prim), pd))
         return pd, prim
 
-    def desc_of(self, pd, query: int, index: int = 0) -> ctypes.c_void_p:
-        return ctypes.c_void_p(self.lib.dnnl_primitive_desc_query_md(pd, query, index))
-
-    def size(self, pd, query: int, index: int = 0) -> int:
-        return self.lib.dnnl_memory_desc_get_size(self.desc_of(pd, query, index))
+    def desc_of(self, pd, arg: int) -> ctypes.c_void_p:
+        """The memory descriptor of `pd`'s argument `arg` (the workspace and scratchpad too)."""
+        return ctypes.c_void_p(self.lib.dnnl_primitive_desc_query_md(pd, _QUERY_ARG, arg))
 
     def layout(self, pd, arg: int) -> tuple[ctypes.c_void_p, int]:
         """(memory descriptor, bytes) of argument `arg` of `pd`, asked of oneDNN once."""
         layout = self.layouts.setdefault(pd.value, {})
         if arg not in layout:
-            md = self.desc_of(pd, _QUERY_SCRATCHPAD, 0) if arg == SCRATCHPAD else self.desc_of(pd, _QUERY_ARG, arg)
+            md = self.desc_of(pd, arg)
             layout[arg] = md, self.lib.dnnl_memory_desc_get_size(md)
         return layout[arg]
 
@@ -287,11 +285,11 @@ def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, D: i
     if not training:
         packs = {
             arg: dnn.primitive(lib.dnnl_reorder_primitive_desc_create, plain, dnn.engine,
-                               dnn.desc_of(forward[0], _QUERY_ARG, arg), dnn.engine, dnn.attr)
+                               dnn.desc_of(forward[0], arg), dnn.engine, dnn.attr)
             for arg, plain in zip((W_LAYER, W_ITER), data[3][_LDGOI])
         }
         return forward, 0, packs
-    workspace = dnn.size(forward[0], _QUERY_WORKSPACE)
+    workspace = dnn.layout(forward[0], WORKSPACE)[1]
     backward = dnn.primitive(
         getattr(lib, f"dnnl_{name}_backward_primitive_desc_create"), dnn.engine,
         _BACKWARD, *rnn, _DIRECTIONS[D], *args(_LDGOI, grads),
