@@ -247,7 +247,7 @@ def test_auto_runs_onednn_where_it_measured_faster(kind, batch, options, runs_on
 
 
 @onednn_platform
-@pytest.mark.parametrize("hidden_size, runs_onednn", [(256, False), (512, True)])
+@pytest.mark.parametrize("hidden_size, runs_onednn", [(128, False), (256, True)])
 def test_auto_prefers_onednn_for_wide_rnn_layers_only(hidden_size, runs_onednn):
     assert _onednn.preferred(RecurrentSpec("rnn", 4, hidden_size), jnp.float32, 8) == runs_onednn
 

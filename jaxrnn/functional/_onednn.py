@@ -81,17 +81,19 @@ def _unsupported(spec: RecurrentSpec, dtype) -> list[str]:
 
 # Where oneDNN measured faster than the scan on the 2-core benchmark machine (float32 and
 # bfloat16): layers of this many sequences or more, and RNN layers this wide or wider. Below,
-# a step is too small to share out over the cores. RNN B=8, H=256 is mixed: 0.81-0.86x the
-# scan's time forward+backward, but 0.93-1.23x forward, slower in 3 of 4 float32 runs; B=64,
-# H=512: 0.85-0.90x forward+backward, 0.90-1.04x forward (float32 and bfloat16).
+# a step is too small to share out over the cores. RNN, oneDNN's time over the scan's: B=8,
+# H=256 0.92-0.94x forward and 0.85-0.87x forward+backward in three float32 runs, 0.84x and
+# 0.97x in bfloat16; B=64, H=512 0.80-0.91x and 0.78-0.82x. At B=32, H=128 it is mixed:
+# 0.73-1.00x in float32 but 1.04-1.19x in bfloat16, and 1.04-1.23x with `seq_lengths` under
+# differentiation in both.
 PREFERRED_MIN_BATCH = 8
-PREFERRED_MIN_RNN_HIDDEN = 512
+PREFERRED_MIN_RNN_HIDDEN = 256
 
 
 def preferred(spec: RecurrentSpec, dtype, batch: int) -> bool:
     """Whether `implementation="auto"` runs oneDNN: where it is installed, supports the call and
     measured faster than the scan (LSTM and GRU layers of 8 sequences or more; RNN layers too
-    where `hidden_size` is 512 or more)."""
+    where `hidden_size` is 256 or more)."""
     wide = spec.kind != "rnn" or spec.hidden_size >= PREFERRED_MIN_RNN_HIDDEN
     fits = wide and batch >= PREFERRED_MIN_BATCH
     return fits and not _unsupported(spec, dtype) and _distribution() is not None
