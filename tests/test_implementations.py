@@ -181,7 +181,7 @@ def test_onednn_workspaces_are_reused():
         jax.block_until_ready(grad(params))
     sizes = [w.nbytes for w in dnn.free]
     # One workspace, of both directions: a bidirectional layer without lengths is one call.
-    assert not dnn.workspaces and sizes == [_onednn._primitives("lstm", "tanh", 3, 2, 4, 8, 2, True, "float32")[1]]
+    assert not dnn.workspaces and sizes == [_onednn._primitives("lstm", "tanh", 3, 2, 4, 8, 2, True, "float32").workspace_bytes]
 
 
 @onednn_platform
@@ -195,7 +195,7 @@ def test_onednn_remat_holds_one_chunk_of_workspace_and_serves_every_backward():
     _, vjp = jax.vjp(lambda p: F.lstm(p, x, implementation="onednn", remat=3)[0], params)
     first, second = (jax.block_until_ready(vjp(jnp.ones((7, 2, 8), jnp.float32))) for _ in range(2))
     jax.tree.map(np.testing.assert_array_equal, first, second)
-    chunk_sizes = {_onednn._primitives("lstm", "tanh", t, 2, 4, 8, 1, True, "float32")[1] for t in (3, 1)}
+    chunk_sizes = {_onednn._primitives("lstm", "tanh", t, 2, 4, 8, 1, True, "float32").workspace_bytes for t in (3, 1)}
     assert not dnn.workspaces and {w.nbytes for w in dnn.free} == chunk_sizes
 
 

@@ -22,13 +22,14 @@ a workspace) and `jax.export` do not go through host calls; use "xla" there.
 
 The host calls work on XLA's own buffers (`buffer_callback`): the outputs are written in place
 and nothing is copied either way. The weights go in torch's own layout, `(G*H, I)` (oneDNN's
-`ldgoi`): inference reorders them into oneDNN's packed layout each call (they may change between
-calls) and the backward takes them as they are; only training's forward needs them transposed,
-to `ldigo`, by XLA. In bfloat16, x, y, h and the weights are bfloat16 and c, the bias and every
-gradient float32: the scan's mixed precision (its LSTM and RNN outputs come out equal); it
-crosses to the host as uint16 bits, since numpy reads no bfloat16 through DLPack. GRU is
-oneDNN's linear-before-reset GRU, torch's formulation, with the gates in oneDNN's order
-(update, reset, candidate). Needs the `onednn-cpu-gomp` package (`pip install "jaxrnn[onednn]"`).
+`ldgoi`), and their gradients come back in it: the forward reorders them into its own layout
+on the host each call (they may change between calls), the backward takes them as they are and
+reorders its gradients from oneDNN's `ldigo`. In bfloat16, x, y, h and the weights are
+bfloat16 and c, the bias and every gradient float32: the scan's mixed precision (its LSTM and
+RNN outputs come out equal); it crosses to the host as uint16 bits, since numpy reads no
+bfloat16 through DLPack. GRU is oneDNN's linear-before-reset GRU, torch's formulation, with the
+gates in oneDNN's order (update, reset, candidate). Needs the `onednn-cpu-gomp` package
+(`pip install "jaxrnn[onednn]"`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import functools
 import itertools
 import threading
 from importlib import metadata
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -242,10 +244,22 @@ def _instance() -> _OneDNN:
     return _OneDNN()
 
 
+class _Primitives(NamedTuple):
+    """What one layer's host calls run: the forward, the reorders of its weights from torch's
+    layout into the forward's, and in training the workspace's size, the backward and the
+    reorders of its weight gradients from `ldigo` (the only layout oneDNN writes them in) into
+    torch's. A primitive is its `(pd, primitive)`; reorders are by execution argument id."""
+
+    forward: tuple[ctypes.c_void_p, ctypes.c_void_p]
+    packs: dict[int, tuple[ctypes.c_void_p, ctypes.c_void_p]]
+    workspace_bytes: int
+    backward: tuple[ctypes.c_void_p, ctypes.c_void_p] | None
+    unpacks: dict[int, tuple[ctypes.c_void_p, ctypes.c_void_p]]
+
+
 @functools.cache
 def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, D: int, training: bool, dtype: str):
-    """(forward pd, primitive, workspace bytes), and the backward's (pd, primitive) in training,
-    for one direction (`D=1`) or both, their outputs concatenated (`D=2`).
+    """The `_Primitives` of one direction (`D=1`) or both, their outputs concatenated (`D=2`).
 
     `dtype` ("float32" or "bfloat16") is that of x, y, h and the weights; c, the bias and every
     gradient are float32, as torch's bfloat16 LSTM has them for the backward.
@@ -274,30 +288,33 @@ def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, D: i
             return [a for s, h, c, (wl, wi), b, d in mds for a in (s, h, c, wl, wi, None, None, b, d, h, c)]
         return [a for s, h, _, (wl, wi), b, d in mds for a in (s, h, wl, wi, b, d, h)]
 
+    def reorders(sources, destinations):
+        return {arg: dnn.primitive(lib.dnnl_reorder_primitive_desc_create, src, dnn.engine, dst, dnn.engine, dnn.attr)
+                for arg, src, dst in zip((W_LAYER, W_ITER), sources, destinations)}
+
     rnn = (_ACTIVATION[activation],) if kind == "rnn" else ()
     alpha_beta = (ctypes.c_float(0), ctypes.c_float(0)) if kind == "rnn" else ()
     name = {"lstm": "lstm", "gru": "lbr_gru", "rnn": "vanilla_rnn"}[kind]
-    # Inference takes the weights in oneDNN's packed layout of choice, reordered each call (they
-    # may change between calls); training takes them as they come.
+    # Inference takes the weights in oneDNN's packed layout of choice, training's forward in
+    # `ldigo`: both are reordered into from torch's layout each call (the weights may change
+    # between calls). oneDNN's reorders beat XLA's transposes here (256 KB: 0.03-0.05 against
+    # 0.06-0.13 ms; 4 MB: 0.5-0.7 against 0.7-1.1), and leave XLA nothing to run around the calls.
     forward = dnn.primitive(
         getattr(lib, f"dnnl_{name}_forward_primitive_desc_create"), dnn.engine,
         _FORWARD_TRAINING if training else _FORWARD_INFERENCE, *rnn, _DIRECTIONS[D],
         *args(_LDIGO if training else _ANY), 0, *alpha_beta, dnn.attr,
     )
+    packs = reorders(data[3][_LDGOI], [dnn.desc_of(forward[0], arg) for arg in (W_LAYER, W_ITER)])
     if not training:
-        packs = {
-            arg: dnn.primitive(lib.dnnl_reorder_primitive_desc_create, plain, dnn.engine,
-                               dnn.desc_of(forward[0], arg), dnn.engine, dnn.attr)
-            for arg, plain in zip((W_LAYER, W_ITER), data[3][_LDGOI])
-        }
-        return forward, 0, packs
-    workspace = dnn.layout(forward[0], WORKSPACE)[1]
+        return _Primitives(forward, packs, 0, None, {})
+    # The backward takes the weights in torch's layout as they come.
     backward = dnn.primitive(
         getattr(lib, f"dnnl_{name}_backward_primitive_desc_create"), dnn.engine,
         _BACKWARD, *rnn, _DIRECTIONS[D], *args(_LDGOI, grads),
         _DIFF_WEIGHTS_OVERWRITE, *alpha_beta, forward[0], dnn.attr,
     )
-    return forward, workspace, backward
+    unpacks = reorders(grads[3][_LDIGO], grads[3][_LDGOI])
+    return _Primitives(forward, packs, dnn.layout(forward[0], WORKSPACE)[1], backward, unpacks)
 
 
 def _host_forward(kind, activation, training, dtype, outputs, w_layer, w_iter, bias, x, *state):
@@ -308,25 +325,25 @@ def _host_forward(kind, activation, training, dtype, outputs, w_layer, w_iter, b
     arrays = {SRC: x, W_LAYER: w_layer, W_ITER: w_iter, BIAS: bias, DST: y}
     arrays |= dict(zip((SRC_ITER, SRC_ITER_C), state)) | dict(zip((DST_ITER, DST_ITER_C), final))  # h, then c
     dnn = _onednn()
-    (pd, prim), workspace_bytes, packs = _primitives(kind, activation, T, B, I, H, D, training, dtype)
+    primitives = _primitives(kind, activation, T, B, I, H, D, training, dtype)
+    for arg, (pack_pd, pack) in primitives.packs.items():
+        packed = dnn.packed(arg, dnn.layout(pack_pd, DST)[1])
+        dnn.execute(pack_pd, pack, {SRC: arrays[arg], DST: packed})
+        arrays[arg] = packed
     if not training:
-        for arg, (pack_pd, pack) in packs.items():
-            packed = dnn.packed(arg, dnn.layout(pack_pd, DST)[1])
-            dnn.execute(pack_pd, pack, {SRC: arrays[arg], DST: packed})
-            arrays[arg] = packed
-        dnn.execute(pd, prim, arrays)
+        dnn.execute(*primitives.forward, arrays)
         return
-    workspace = dnn.take_workspace(workspace_bytes)
-    dnn.execute(pd, prim, arrays | {WORKSPACE: workspace})
+    workspace = dnn.take_workspace(primitives.workspace_bytes)
+    dnn.execute(*primitives.forward, arrays | {WORKSPACE: workspace})
     handle = next(dnn.handles) % 2**31
     dnn.workspaces[handle] = workspace
     outputs[-1][...] = handle
 
 
-def _host_backward(kind, activation, n, dtype, outputs, w_layer_t, w_iter_t, bias, x, y, handle, *rest):
+def _host_backward(kind, activation, n, dtype, outputs, w_layer, w_iter, bias, x, y, handle, *rest):
     """Host side of the backward: writes `outputs`, `(dx, d_state0..., d_w_layer, d_w_iter,
-    d_bias)`. The weights come in torch's layout, `(G, H, in)` (oneDNN's `ldgoi`); their gradients
-    go out as `(in, G, H)` (`ldigo`), the only layout oneDNN writes them in.
+    d_bias)`. The weights and their gradients are in torch's layout, `(G, H, in)` (oneDNN's
+    `ldgoi`); oneDNN writes the gradients as `(in, G, H)` (`ldigo`), reordered from there.
 
     `rest` is the initial state, the final state (`n` arrays each), `d_y` and `d_final` (`n`).
     """
@@ -335,13 +352,14 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer_t, w_iter_t, bia
     T, B, I = x.shape
     D, _, H = state[0].shape
     arrays = {
-        SRC: x, W_LAYER: w_layer_t, W_ITER: w_iter_t, BIAS: bias, DST: y,
-        DIFF + SRC: d_x, DIFF + W_LAYER: d_layer, DIFF + W_ITER: d_iter, DIFF + BIAS: d_bias, DIFF + DST: d_y,
+        SRC: x, W_LAYER: w_layer, W_ITER: w_iter, BIAS: bias, DST: y,
+        DIFF + SRC: d_x, DIFF + BIAS: d_bias, DIFF + DST: d_y,
     }
     for first, group in ((SRC_ITER, state), (DST_ITER, final), (DIFF + SRC_ITER, d_state), (DIFF + DST_ITER, d_final)):
         arrays |= dict(zip((first, first + 1), group))  # h, then LSTM's c
     dnn = _onednn()
-    _, _, (pd, prim) = _primitives(kind, activation, T, B, I, H, D, True, dtype)
+    primitives = _primitives(kind, activation, T, B, I, H, D, True, dtype)
+    ldigo = {arg: dnn.packed(DIFF + arg, dnn.layout(pd, SRC)[1]) for arg, (pd, _) in primitives.unpacks.items()}
     workspace = dnn.workspaces.pop(int(handle), None)
     if workspace is None:
         raise RuntimeError(
@@ -349,9 +367,11 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer_t, w_iter_t, bia
             "serves one backward pass (with remat, or implementation='xla', it serves any number)"
         )
     try:
-        dnn.execute(pd, prim, arrays | {WORKSPACE: workspace})
+        dnn.execute(*primitives.backward, arrays | {WORKSPACE: workspace} | {DIFF + a: w for a, w in ldigo.items()})
     finally:
         dnn.give_back(workspace)
+    for arg, gradient in zip((W_LAYER, W_ITER), (d_layer, d_iter)):
+        dnn.execute(*primitives.unpacks[arg], {SRC: ldigo[arg], DST: gradient})
 
 
 def _host_call(host_fn, result_shapes, *args, has_side_effect: bool = False):
@@ -407,8 +427,8 @@ def _rnn(kind, activation, w_layer, w_iter, bias, x, state):
     `bidirectional_concat`, torch's bidirectional layer without lengths: its second direction
     runs right to left, and `y` holds both directions' outputs side by side.
 
-    The weights come in torch's layout, `(D, G, H, in)` (oneDNN's `ldgoi`), which inference
-    reorders from and the backward takes; training's forward takes `(D, in, G, H)` (`ldigo`).
+    The weights come in torch's layout, `(D, G, H, in)` (oneDNN's `ldgoi`), which the backward
+    takes and the forward reorders into its own on the host (`_Primitives`).
     `x`, the weights and `h` are float32 or bfloat16 (see `DATA_TYPES`); the bias `(D, G', H)`
     and LSTM's `c`, float32.
     """
@@ -424,7 +444,7 @@ def _rnn_fwd(kind, activation, w_layer, w_iter, bias, x, state):
     y, *final, handle = _host_call(
         functools.partial(_host_forward, kind, activation, True, x.dtype.name),
         [*_forward_shapes(x, state), jax.ShapeDtypeStruct((), jnp.int32)],
-        *(jnp.transpose(w, (0, 3, 1, 2)) for w in (w_layer, w_iter)), bias, x, *state,
+        w_layer, w_iter, bias, x, *state,
         has_side_effect=True,  # it keeps the workspace for the backward: never dropped or merged
     )
     final = tuple(final)
@@ -435,14 +455,12 @@ def _float32_gradients(kind, activation, residuals, cotangents):
     """The backward host call: the gradients of `(w_layer, w_iter, bias, x, state)`, all float32."""
     w_layer, w_iter, bias, x, state, y, final, handle = residuals
     d_y, d_final = cotangents
-    ldigo = (jax.ShapeDtypeStruct((w.shape[0], w.shape[3], *w.shape[1:3]), w.dtype) for w in (w_layer, w_iter))
     d_x, *d_state, d_layer, d_iter, d_bias = _host_call(
         functools.partial(_host_backward, kind, activation, len(state), x.dtype.name),
-        _float32_shapes(x, *state, *ldigo, bias),
+        _float32_shapes(x, *state, w_layer, w_iter, bias),
         w_layer, w_iter, bias, x, y, handle, *state, *final, *(d.astype(jnp.float32) for d in (d_y, *d_final)),
         has_side_effect=True,  # it gives the workspace back
     )
-    d_layer, d_iter = (jnp.transpose(d, (0, 2, 3, 1)) for d in (d_layer, d_iter))
     return d_layer, d_iter, d_bias, d_x, tuple(d_state)
 
 
