@@ -12,13 +12,15 @@ call per direction:
   XLA buffer for it would be faulted in afresh every call. The backward call takes it by a
   handle the forward returned and gives it back to a pool for reuse.
 
-A forward taken under differentiation keeps its workspace until its backward runs; a backward
-that never runs (a `jax.vjp` whose function is never called) leaves it held. With `remat`, the
+A forward taken under differentiation keeps its workspace until its backward runs. Backwards
+that never run (a `jax.vjp` never called, gradients that nothing uses) leave theirs held, up to
+POOL_BYTES in all: beyond, the oldest are let go. A backward whose workspace is gone (let go,
+or used by an earlier backward of the same forward) runs the forward again. With `remat`, the
 forward runs inference a chunk at a time and keeps the states between chunks, and the backward
 runs training's forward and the backward chunk by chunk (`_rnn_remat`): a chunk's
 workspace at a time, none held between calls. Under `vmap` the host calls run once per batch
-member. Forward-mode differentiation, `jax.checkpoint` (which cannot recompute a call that keeps
-a workspace) and `jax.export` do not go through host calls; use "xla" there.
+member, and `jax.checkpoint` runs the forward again in the backward. Forward-mode
+differentiation and `jax.export` do not go through host calls; use "xla" there.
 
 The host calls work on XLA's own buffers (`buffer_callback`): the outputs are written in place
 and nothing is copied either way. The weights go in torch's own layout, `(G*H, I)` (oneDNN's
@@ -149,7 +151,8 @@ class _OneDNN:
         self.thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onednn")
         self.layouts: dict[int, dict[int, tuple[ctypes.c_void_p, int]]] = {}  # see `layout`
         self.handles = itertools.count()
-        self.workspaces: dict[int, np.ndarray] = {}  # handle -> the workspace of one forward
+        # handle -> the workspace of one forward, oldest first (see `hold`)
+        self.workspaces: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         # Workspaces a backward gave back, reused by size so that no call faults them in afresh;
         # the oldest go beyond POOL_BYTES (shapes change, and each shape has its size).
         self.free: collections.deque[np.ndarray] = collections.deque()
@@ -167,6 +170,16 @@ class _OneDNN:
                 del self.free[i]  # by position: `remove` would compare arrays by value
                 return workspace
         return _empty(nbytes)
+
+    def hold(self, workspace: np.ndarray) -> int:
+        """Keep a forward's workspace for its backward; returns its handle. A backward may never
+        come (XLA drops one whose results go unused), so beyond POOL_BYTES held the oldest are let
+        go: a backward that finds its workspace gone runs the forward again (`_host_backward`)."""
+        handle = next(self.handles) % 2**31
+        self.workspaces[handle] = workspace
+        while len(self.workspaces) > 1 and sum(w.nbytes for w in self.workspaces.values()) > POOL_BYTES:
+            self.give_back(self.workspaces.popitem(last=False)[1])
+        return handle
 
     def give_back(self, workspace: np.ndarray) -> None:
         self.free.append(workspace)
@@ -317,27 +330,33 @@ def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, D: i
     return _Primitives(forward, packs, dnn.layout(forward[0], WORKSPACE)[1], backward, unpacks)
 
 
+def _run_forward(dnn: _OneDNN, primitives: _Primitives, y, final, w_layer, w_iter, bias, x, state) -> np.ndarray | None:
+    """Run the forward into `y` and `final`, from weights in torch's layout; returns the
+    workspace in training, else None."""
+    arrays = {SRC: x, W_LAYER: w_layer, W_ITER: w_iter, BIAS: bias, DST: y}
+    arrays |= dict(zip((SRC_ITER, SRC_ITER_C), state)) | dict(zip((DST_ITER, DST_ITER_C), final))  # h, then c
+    for arg, (pack_pd, pack) in primitives.packs.items():
+        packed = dnn.packed(arg, dnn.layout(pack_pd, DST)[1])
+        dnn.execute(pack_pd, pack, {SRC: arrays[arg], DST: packed})
+        arrays[arg] = packed
+    if primitives.backward is None:
+        dnn.execute(*primitives.forward, arrays)
+        return None
+    workspace = dnn.take_workspace(primitives.workspace_bytes)
+    dnn.execute(*primitives.forward, arrays | {WORKSPACE: workspace})
+    return workspace
+
+
 def _host_forward(kind, activation, training, dtype, outputs, w_layer, w_iter, bias, x, *state):
     """Host side of the forward: writes `outputs`, `(y, final state..., [workspace handle])`."""
     T, B, I = x.shape
     y, *final = outputs[: 1 + len(state)]
     D, _, H = state[0].shape
-    arrays = {SRC: x, W_LAYER: w_layer, W_ITER: w_iter, BIAS: bias, DST: y}
-    arrays |= dict(zip((SRC_ITER, SRC_ITER_C), state)) | dict(zip((DST_ITER, DST_ITER_C), final))  # h, then c
     dnn = _onednn()
     primitives = _primitives(kind, activation, T, B, I, H, D, training, dtype)
-    for arg, (pack_pd, pack) in primitives.packs.items():
-        packed = dnn.packed(arg, dnn.layout(pack_pd, DST)[1])
-        dnn.execute(pack_pd, pack, {SRC: arrays[arg], DST: packed})
-        arrays[arg] = packed
-    if not training:
-        dnn.execute(*primitives.forward, arrays)
-        return
-    workspace = dnn.take_workspace(primitives.workspace_bytes)
-    dnn.execute(*primitives.forward, arrays | {WORKSPACE: workspace})
-    handle = next(dnn.handles) % 2**31
-    dnn.workspaces[handle] = workspace
-    outputs[-1][...] = handle
+    workspace = _run_forward(dnn, primitives, y, final, w_layer, w_iter, bias, x, state)
+    if workspace is not None:
+        outputs[-1][...] = dnn.hold(workspace)
 
 
 def _host_backward(kind, activation, n, dtype, outputs, w_layer, w_iter, bias, x, y, handle, *rest):
@@ -362,10 +381,11 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer, w_iter, bias, x
     ldigo = {arg: dnn.packed(DIFF + arg, dnn.layout(pd, SRC)[1]) for arg, (pd, _) in primitives.unpacks.items()}
     workspace = dnn.workspaces.pop(int(handle), None)
     if workspace is None:
-        raise RuntimeError(
-            "implementation='onednn': this forward's residuals were already used; a forward pass "
-            "serves one backward pass (with remat, or implementation='xla', it serves any number)"
-        )
+        # Let go (`_OneDNN.hold`), or taken by another backward of the same forward: a `vjp`
+        # called again, or two identical forwards that XLA merged into one. The forward runs
+        # again, on scratch outputs (its own are identical).
+        scratch = [_empty(a.nbytes) for a in (y, *final)]
+        workspace = _run_forward(dnn, primitives, scratch[0], scratch[1:], w_layer, w_iter, bias, x, state)
     try:
         dnn.execute(*primitives.backward, arrays | {WORKSPACE: workspace} | {DIFF + a: w for a, w in ldigo.items()})
     finally:
@@ -374,18 +394,24 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer, w_iter, bias, x
         dnn.execute(*primitives.unpacks[arg], {SRC: ldigo[arg], DST: gradient})
 
 
-def _host_call(host_fn, result_shapes, *args, has_side_effect: bool = False):
+def _host_call(host_fn, result_shapes, *args):
     """`host_fn(outputs, *args)` on oneDNN's thread, on numpy views of XLA's own buffers: it
     writes its outputs in place, so nothing is copied in or out (`pure_callback` copied every
     output: 0.9 ms for 1.6 MB, and took 77 us a call against 14 us). Host calls that XLA makes
-    at once (two directions of a layer) run one after the other there."""
+    at once (two directions of a layer) run one after the other there.
+
+    The calls declare no side effect, though a training forward holds its workspace for the
+    backward: a jitted function with effects takes JAX's Python dispatch, 0.3 ms a call of an
+    LSTM's forward+backward at B=32/H=128. What effects would guard against, the backward
+    handles itself (`_host_backward`, `_OneDNN.hold`).
+    """
 
     def callback(_, outputs, *args):
         _onednn().thread.submit(host_fn, [_host(a) for a in outputs], *(_host(a) for a in args)).result()
 
     # numpy takes no bfloat16 through DLPack: bfloat16 crosses as its bits, uint16.
     bits = [jax.ShapeDtypeStruct(s.shape, _BITS.get(s.dtype, s.dtype)) for s in result_shapes]
-    call = buffer_callback(callback, bits, has_side_effect=has_side_effect, vmap_method="sequential")
+    call = buffer_callback(callback, bits, vmap_method="sequential")
     results = call(*(_bitcast(a, _BITS.get(a.dtype, a.dtype)) for a in args))
     return [_bitcast(r, s.dtype) for r, s in zip(results, result_shapes)]
 
@@ -445,7 +471,6 @@ def _rnn_fwd(kind, activation, w_layer, w_iter, bias, x, state):
         functools.partial(_host_forward, kind, activation, True, x.dtype.name),
         [*_forward_shapes(x, state), jax.ShapeDtypeStruct((), jnp.int32)],
         w_layer, w_iter, bias, x, *state,
-        has_side_effect=True,  # it keeps the workspace for the backward: never dropped or merged
     )
     final = tuple(final)
     return (y, final), (w_layer, w_iter, bias, x, state, y, final, handle)
@@ -459,7 +484,6 @@ def _float32_gradients(kind, activation, residuals, cotangents):
         functools.partial(_host_backward, kind, activation, len(state), x.dtype.name),
         _float32_shapes(x, *state, w_layer, w_iter, bias),
         w_layer, w_iter, bias, x, y, handle, *state, *final, *(d.astype(jnp.float32) for d in (d_y, *d_final)),
-        has_side_effect=True,  # it gives the workspace back
     )
     return d_layer, d_iter, d_bias, d_x, tuple(d_state)
 
