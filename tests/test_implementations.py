@@ -21,6 +21,7 @@ from frontends import FRONTENDS
 from jax.experimental import rnn
 from matrix import BACKEND, ONEDNN_PLATFORM, OPTIONS, covering_rows, row_id
 from test_parity import check_layer_against_torch
+from torch_reference import assert_close
 
 import jaxrnn
 from jaxrnn import functional as F
@@ -185,7 +186,7 @@ def test_onednn_merged_forwards_give_every_backward_its_gradients():
     params = _lstm_params()
     merged = jax.jit(jax.grad(loss), static_argnums=1)
     expected = jax.grad(loss)(params, "xla")
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), merged(params, "onednn"), expected)
+    jax.tree.map(assert_close, merged(params, "onednn"), expected)
 
 
 @onednn_platform
@@ -199,7 +200,7 @@ def test_onednn_runs_under_jax_checkpoint():
         return jax.jit(jax.grad(jax.checkpoint(lambda p: (F.lstm(p, x, implementation=implementation)[0] ** 2).sum())))
 
     got, expected = grad("onednn")(params), grad("xla")(params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), got, expected)
+    jax.tree.map(assert_close, got, expected)
     assert not _onednn._onednn().workspaces
 
 
@@ -221,7 +222,7 @@ def test_onednn_holds_bounded_workspaces_when_backwards_never_run(monkeypatch):
     assert sum(w.nbytes for w in dnn.workspaces.values()) <= 2 * workspace_bytes
     expected = jax.vjp(lambda p: F.lstm(p, X)[0], params)[1](jnp.ones((3, 2, 8), jnp.float32))
     got = vjp(jnp.ones((3, 2, 8), jnp.float32))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), got, expected)
+    jax.tree.map(assert_close, got, expected)
     dnn.workspaces.clear()
 
 

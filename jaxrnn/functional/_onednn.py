@@ -378,7 +378,8 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer, w_iter, bias, x
         arrays |= dict(zip((first, first + 1), group))  # h, then LSTM's c
     dnn = _onednn()
     primitives = _primitives(kind, activation, T, B, I, H, D, True, dtype)
-    ldigo = {arg: dnn.packed(DIFF + arg, dnn.layout(pd, SRC)[1]) for arg, (pd, _) in primitives.unpacks.items()}
+    # The weight gradients as oneDNN writes them, by execution argument id.
+    ldigo = {DIFF + arg: dnn.packed(DIFF + arg, dnn.layout(pd, SRC)[1]) for arg, (pd, _) in primitives.unpacks.items()}
     workspace = dnn.workspaces.pop(int(handle), None)
     if workspace is None:
         # Let go (`_OneDNN.hold`), or taken by another backward of the same forward: a `vjp`
@@ -387,11 +388,11 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer, w_iter, bias, x
         scratch = [_empty(a.nbytes) for a in (y, *final)]
         workspace = _run_forward(dnn, primitives, scratch[0], scratch[1:], w_layer, w_iter, bias, x, state)
     try:
-        dnn.execute(*primitives.backward, arrays | {WORKSPACE: workspace} | {DIFF + a: w for a, w in ldigo.items()})
+        dnn.execute(*primitives.backward, arrays | {WORKSPACE: workspace} | ldigo)
     finally:
         dnn.give_back(workspace)
-    for arg, gradient in zip((W_LAYER, W_ITER), (d_layer, d_iter)):
-        dnn.execute(*primitives.unpacks[arg], {SRC: ldigo[arg], DST: gradient})
+    for arg, gradient in ((W_LAYER, d_layer), (W_ITER, d_iter)):
+        dnn.execute(*primitives.unpacks[arg], {SRC: ldigo[DIFF + arg], DST: gradient})
 
 
 def _host_call(host_fn, result_shapes, *args):
