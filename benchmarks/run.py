@@ -45,8 +45,12 @@ PEERS = GPU_PEERS if GPU else PEERS
 if os.environ.get("BENCH_PEERS"):  # a comma-separated subset, for a short run on a lent device
     chosen = os.environ["BENCH_PEERS"].split(",")
     unknown = [name for name in chosen if name not in PEERS]
-    if unknown or not any(name.startswith("jaxrnn") for name in chosen):
-        raise SystemExit(f"BENCH_PEERS must name jaxrnn peers among {list(PEERS)}; got {chosen}")
+    ours_chosen = [name for name in chosen if name.startswith("jaxrnn")]
+    if unknown or not ours_chosen or len(ours_chosen) == len(chosen):
+        raise SystemExit(
+            f"BENCH_PEERS must name a jaxrnn implementation and a peer to compare it with, "
+            f"among {list(PEERS)}; got {chosen}"
+        )
     PEERS = {name: PEERS[name] for name in chosen}
 OURS = [name for name in PEERS if name.startswith("jaxrnn")]  # jaxrnn's implementations
 OTHERS = [name for name in PEERS if name not in OURS]
