@@ -84,20 +84,26 @@ def _seconds(run) -> float:
     return run.seconds if isinstance(run, IsolatedRunner) else elapsed
 
 
-def interleaved_medians(runs: dict, repeats: int, block: int = 3) -> dict[str, float]:
-    """Median ms of each (already compiled) run.
+def interleaved_turns(runs: dict, repeats: int, block: int = 3) -> dict[str, list[list[float]]]:
+    """Seconds of each (already compiled) run's calls, turn by turn.
 
     Peers take turns in blocks of `block` timed calls, each block after one untimed call: the
     turns spread a slow spell of a shared machine over every peer, and the untimed call lets
     each peer reach its steady state (torch's OpenMP workers, for one, keep spinning for a
     while after a call, which would be charged to whichever peer came next).
     """
-    times = {name: [] for name in runs}
+    turns = {name: [] for name in runs}
     for _ in range(-(-repeats // block)):
         for name, run in runs.items():
             run()
-            times[name] += [_seconds(run) for _ in range(block)]
-    return {name: float(np.median(t)) * 1e3 for name, t in times.items()}
+            turns[name].append([_seconds(run) for _ in range(block)])
+    return turns
+
+
+def interleaved_medians(runs: dict, repeats: int, block: int = 3) -> dict[str, float]:
+    """Median ms of each (already compiled) run, timed as `interleaved_turns` says."""
+    turns = interleaved_turns(runs, repeats, block)
+    return {name: float(np.median(np.concatenate(t))) * 1e3 for name, t in turns.items()}
 
 
 def matmul_peak_gflops(dtype: str, n: int = 2048, repeats: int = 5) -> float:
@@ -142,14 +148,22 @@ def measure(row, repeats: int, rng, dtype: str) -> dict:
                 runs[name] = run
         except Exception as error:  # a peer that cannot run this row is left out of it, its error shown
             print(f"{label(row)}: {name} failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}")
-    result = interleaved_medians(runs, repeats)
+    turns = interleaved_turns(runs, repeats)
+    result = {name: float(np.median(np.concatenate(t))) * 1e3 for name, t in turns.items()}
     result |= {f"{name}_compile": max(seconds - result[name] * 1e-3, 0.0) for name, seconds in first_call.items()}
     for run in runs.values():
         getattr(run, "close", lambda: None)()
     result["best"] = min(result[name] for name in OURS if name in result)
     if not GPU:  # `implementation="auto"`: the measured time of the implementation it picks here
         spec = RecurrentSpec(kind, H, H, num_layers, bidirectional=bidirectional)
-        result["auto"] = result.get("jaxrnn onednn" if preferred(spec, jnp.dtype(dtype), B) else "jaxrnn")
+        auto = "jaxrnn onednn" if preferred(spec, jnp.dtype(dtype), B) else "jaxrnn"
+        if auto in result:
+            result["auto"] = result[auto]
+            # Each turn's ratio (medians of its calls): how far the machine moves the row's ratio.
+            result["auto_turns"] = {
+                peer: [float(np.median(a) / np.median(b)) for a, b in zip(turns[auto], turns[peer])]
+                for peer in OTHERS if peer in turns
+            }
     result["gflops"] = flops(kind, mode, B, T, H, num_layers, bidirectional) / (result["best"] * 1e-3) / 1e9
     return result
 
@@ -229,8 +243,37 @@ def write_table(rows, results, peak, path_md, quick, repeats, dtype):
                     f"| {name} / {peer} | {len(measured)} | {worst:.2f} ({label(worst_row)}) "
                     f"| {geomean([m[0] for m in measured]):.2f} |"
                 )
+    lines += slower_rows(rows, results)
     with open(path_md, "w") as file:
         file.write("\n".join(lines) + "\n")
+
+
+def slower_rows(rows, results) -> list[str]:
+    """Lines of a table of the rows where jaxrnn auto is slower than a peer, each with the ratio
+    in each turn of the run: how much of the miss the machine's drift between turns covers."""
+    misses = [
+        (row, peer, r["auto"] / r[peer], turns)
+        for row, r in zip(rows, results)
+        for peer, turns in r.get("auto_turns", {}).items()
+        if r["auto"] > r[peer]
+    ]
+    if not misses:
+        return []
+    lines = [
+        "",
+        "Rows where jaxrnn auto is slower than a peer, with its ratio in each turn of the run "
+        "(the medians of the turn's 3 calls of each):",
+        "",
+        "| case | peer | ratio | per turn, lowest to highest | turns below 1 |",
+        "|---|---|---|---|---|",
+    ]
+    for row, peer, value, turns in misses:
+        below = sum(t < 1 for t in turns)
+        lines.append(
+            f"| {label(row)} | {peer} | {value:.2f} | {' '.join(f'{t:.2f}' for t in sorted(turns))} "
+            f"| {below} of {len(turns)} |"
+        )
+    return lines
 
 
 def write_figure(rows, results, path_png):

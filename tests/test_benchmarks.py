@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -33,3 +34,20 @@ def test_bench_peers_refuses_what_it_cannot_compare(peers):
     assert done.returncode != 0
     assert "BENCH_PEERS must name a jaxrnn implementation and a peer to compare it with, among ['torch'" in done.stderr
     assert f"got {peers.split(',')}" in done.stderr
+
+
+def test_slower_rows_lists_each_miss_with_its_turns(monkeypatch):
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # the harness sets its defaults in there
+    spec = importlib.util.spec_from_file_location("benchmark_run", HARNESS)
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    rows = [("lstm", "fwd", 32, 100, 128, 1, False, False), ("gru", "fwd+bwd", 8, 500, 256, 2, True, False)]
+    results = [
+        {"auto": 1.1, "torch": 1.0, "flax": 1.2, "auto_turns": {"torch": [1.2, 0.9, 1.1], "flax": [0.9, 0.95, 0.9]}},
+        {"auto": 0.5, "torch": 1.0, "auto_turns": {"torch": [0.5, 0.6]}},
+    ]
+    lines = harness.slower_rows(rows, results)
+    assert [line for line in lines if line.startswith("| ") and "---" not in line][1:] == [
+        "| LSTM 32/100/128 fwd | torch | 1.10 | 0.90 1.10 1.20 | 1 of 3 |"
+    ]
+    assert harness.slower_rows(rows[1:], results[1:]) == []
