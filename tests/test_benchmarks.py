@@ -1,4 +1,5 @@
-"""The benchmark harness runs (one quick row) and writes its table and figure."""
+"""The benchmark harness: one quick row writes its table and figure; bad peer choices are
+refused; the table of the rows where jaxrnn is slower."""
 
 from __future__ import annotations
 
@@ -27,20 +28,27 @@ def test_quick_benchmark_writes_results(dtype, suffix, tmp_path):
     assert (tmp_path / f"results{suffix.lower()}.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("peers", ["torch,cudnn", "jaxrnn,jaxrnn onednn"])  # an unknown name; nothing to compare with
-def test_bench_peers_refuses_what_it_cannot_compare(peers):
-    env = dict(os.environ, BENCH_PEERS=peers)
-    done = subprocess.run([sys.executable, str(HARNESS), "--quick"], env=env, capture_output=True, text=True)
-    assert done.returncode != 0
-    assert "BENCH_PEERS must name a jaxrnn implementation and a peer to compare it with, among ['torch'" in done.stderr
-    assert f"got {peers.split(',')}" in done.stderr
-
-
-def test_slower_rows_lists_each_miss_with_its_turns(monkeypatch):
-    monkeypatch.setattr(os, "environ", dict(os.environ))  # the harness sets its defaults in there
+def load_harness(monkeypatch, **env):
+    """benchmarks/run.py as a module, imported with `env` in an environment of its own (it sets
+    its defaults there)."""
+    monkeypatch.setattr(os, "environ", dict(os.environ, **env))
     spec = importlib.util.spec_from_file_location("benchmark_run", HARNESS)
     harness = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(harness)
+    return harness
+
+
+@pytest.mark.parametrize("peers", ["torch,cudnn", "jaxrnn,jaxrnn onednn"])  # an unknown name; nothing to compare with
+def test_bench_peers_refuses_what_it_cannot_compare(peers, monkeypatch):
+    with pytest.raises(SystemExit) as refusal:
+        load_harness(monkeypatch, BENCH_PEERS=peers)
+    message = str(refusal.value)
+    assert "BENCH_PEERS must name a jaxrnn implementation and a peer to compare it with, among ['torch'" in message
+    assert f"got {peers.split(',')}" in message
+
+
+def test_slower_rows_lists_each_miss_with_its_turns(monkeypatch):
+    harness = load_harness(monkeypatch)
     rows = [("lstm", "fwd", 32, 100, 128, 1, False, False), ("gru", "fwd+bwd", 8, 500, 256, 2, True, False)]
     results = [
         {"auto": 1.1, "torch": 1.0, "flax": 1.2, "auto_turns": {"torch": [1.2, 0.9, 1.1], "flax": [0.9, 0.95, 0.9]}},
