@@ -100,9 +100,8 @@ def interleaved_turns(runs: dict, repeats: int, block: int = 3) -> dict[str, lis
     return turns
 
 
-def interleaved_medians(runs: dict, repeats: int, block: int = 3) -> dict[str, float]:
-    """Median ms of each (already compiled) run, timed as `interleaved_turns` says."""
-    turns = interleaved_turns(runs, repeats, block)
+def median_ms(turns: dict[str, list[list[float]]]) -> dict[str, float]:
+    """Median ms of each run over all its turns (`interleaved_turns`)."""
     return {name: float(np.median(np.concatenate(t))) * 1e3 for name, t in turns.items()}
 
 
@@ -149,7 +148,7 @@ def measure(row, repeats: int, rng, dtype: str) -> dict:
         except Exception as error:  # a peer that cannot run this row is left out of it, its error shown
             print(f"{label(row)}: {name} failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}")
     turns = interleaved_turns(runs, repeats)
-    result = {name: float(np.median(np.concatenate(t))) * 1e3 for name, t in turns.items()}
+    result = median_ms(turns)
     result |= {f"{name}_compile": max(seconds - result[name] * 1e-3, 0.0) for name, seconds in first_call.items()}
     for run in runs.values():
         getattr(run, "close", lambda: None)()

@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 from peers import _jax_runner  # noqa: E402
-from run import interleaved_medians  # noqa: E402  (sets the device and thread count first)
+from run import interleaved_turns, median_ms  # noqa: E402  (sets the device and thread count first)
 
 # isort: split
 import jax  # noqa: E402
@@ -40,7 +40,7 @@ def main():
             runs = {u: runner(kind, B, T, H, backward, u) for u in UNROLLS}
             for run in runs.values():
                 run()  # compiles
-            ms = interleaved_medians(runs, repeats=9)
+            ms = median_ms(interleaved_turns(runs, repeats=9))
             mode = "fwd+bwd" if backward else "fwd"
             print(f"{kind.upper()} {B}/{T}/{H} {mode}: " + " | ".join(f"{u}: {ms[u]:.2f}" for u in UNROLLS), flush=True)
 
