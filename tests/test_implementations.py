@@ -87,10 +87,28 @@ def test_onednn_matches_torch(row, rng):
     check_layer_against_torch(row, rng, implementation="onednn")
 
 
+def share_out(side_by_side: bool, monkeypatch) -> None:
+    """Run a bidirectional layer's two directions side by side (on the pair of workers), or as
+    one oneDNN call: the sizes of the tests are all small enough for the first."""
+    if not side_by_side:
+        monkeypatch.setattr(_onednn, "SIDE_BY_SIDE_MAX_STEP", 0)
+    elif not _onednn._onednn().pair:
+        pytest.skip("side by side needs two cores")
+
+
+def workspace_size(T: int, y_width: int, direction: int) -> int:
+    """The workspace of an LSTM's training forward at B=2, I=4, H=8."""
+    return _onednn._primitives("lstm", "tanh", T, 2, 4, 8, direction, True, "float32", 1, y_width).workspace_bytes
+
+
 @onednn_platform
-@pytest.mark.parametrize("kind, bias", [("rnn_tanh", False), ("rnn_relu", True), ("lstm", True), ("lstm", False),
-                                        ("gru", True), ("gru", False)])
-def test_onednn_bidirectional_layer_without_lengths_matches_torch(kind, bias, rng):
+@pytest.mark.parametrize("kind, bias, side_by_side", [
+    ("rnn_tanh", False, False), ("rnn_relu", True, True), ("lstm", True, True), ("lstm", False, False),
+    ("gru", True, True), ("gru", False, False)])
+def test_onednn_bidirectional_layer_without_lengths_matches_torch(kind, bias, side_by_side, rng, monkeypatch):
+    """Both ways of running both directions in one host call: oneDNN's `bidirectional_concat`
+    on all cores, and its two directions side by side, writing their halves of `y` in place."""
+    share_out(side_by_side, monkeypatch)
     row = dict(
         kind=kind, num_layers=2, bidirectional=True, bias=bias, batch_first=False, proj=False,
         unbatched=False, h0=True, seq_lengths=False, dtype="float32", backward="fused", frontend="functional",
@@ -210,7 +228,7 @@ def test_onednn_holds_bounded_workspaces_when_backwards_never_run(monkeypatch):
     stay held: beyond POOL_BYTES the oldest are let go, and a backward that finds its workspace
     gone runs the forward again."""
     params = _lstm_params()
-    workspace_bytes = _onednn._primitives("lstm", "tanh", 3, 2, 4, 8, 1, True, "float32").workspace_bytes
+    workspace_bytes = workspace_size(3, 8, _onednn._LEFT2RIGHT)
     monkeypatch.setattr(_onednn, "POOL_BYTES", 2 * workspace_bytes)
     dnn = _onednn._onednn()
     dnn.workspaces.clear()
@@ -219,7 +237,7 @@ def test_onednn_holds_bounded_workspaces_when_backwards_never_run(monkeypatch):
     _, vjp = jax.vjp(lambda p: F.lstm(p, X, implementation="onednn")[0], params)  # held first, let go
     for _ in range(4):
         jax.block_until_ready(dropped(params))
-    assert sum(w.nbytes for w in dnn.workspaces.values()) <= 2 * workspace_bytes
+    assert dnn.held_bytes() <= 2 * workspace_bytes
     expected = jax.vjp(lambda p: F.lstm(p, X)[0], params)[1](jnp.ones((3, 2, 8), jnp.float32))
     got = vjp(jnp.ones((3, 2, 8), jnp.float32))
     jax.tree.map(assert_close, got, expected)
@@ -227,17 +245,24 @@ def test_onednn_holds_bounded_workspaces_when_backwards_never_run(monkeypatch):
 
 
 @onednn_platform
-def test_onednn_workspaces_are_reused():
-    """Each backward gives its forward's workspace back, and the next forward takes it again."""
+@pytest.mark.parametrize("side_by_side", [False, True])
+def test_onednn_workspaces_are_reused(side_by_side, monkeypatch):
+    """Each backward gives its forward's workspaces back, and the next forward takes them
+    again: a bidirectional layer without lengths is one host call, whose workspace is that of
+    both directions in one oneDNN call, or one of each direction run side by side (with a
+    buffer for the second direction's gradient of x)."""
+    share_out(side_by_side, monkeypatch)
     grad = jax.jit(jax.grad(lambda p: F.lstm(p, X, implementation="onednn")[0].sum()))
     params = _lstm_params(bidirectional=True)
     dnn = _onednn._onednn()
     dnn.free.clear()  # what earlier tests of the same sizes gave back
     for _ in range(3):
         jax.block_until_ready(grad(params))
-    sizes = [w.nbytes for w in dnn.free]
-    # One workspace, of both directions: a bidirectional layer without lengths is one call.
-    assert not dnn.workspaces and sizes == [_onednn._primitives("lstm", "tanh", 3, 2, 4, 8, 2, True, "float32").workspace_bytes]
+    if side_by_side:
+        expected = [X.nbytes, workspace_size(3, 16, _onednn._LEFT2RIGHT), workspace_size(3, 16, _onednn._RIGHT2LEFT)]
+    else:
+        expected = [workspace_size(3, 16, _onednn._CONCAT)]
+    assert not dnn.workspaces and sorted(w.nbytes for w in dnn.free) == sorted(expected)
 
 
 @onednn_platform
@@ -251,7 +276,7 @@ def test_onednn_remat_holds_one_chunk_of_workspace_and_serves_every_backward():
     _, vjp = jax.vjp(lambda p: F.lstm(p, x, implementation="onednn", remat=3)[0], params)
     first, second = (jax.block_until_ready(vjp(jnp.ones((7, 2, 8), jnp.float32))) for _ in range(2))
     jax.tree.map(np.testing.assert_array_equal, first, second)
-    chunk_sizes = {_onednn._primitives("lstm", "tanh", t, 2, 4, 8, 1, True, "float32").workspace_bytes for t in (3, 1)}
+    chunk_sizes = {workspace_size(t, 8, _onednn._LEFT2RIGHT) for t in (3, 1)}
     assert not dnn.workspaces and {w.nbytes for w in dnn.free} == chunk_sizes
 
 

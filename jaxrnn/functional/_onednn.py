@@ -4,7 +4,8 @@ These are the kernels torch's own CPU LSTM runs. XLA:CPU runs each step of a `la
 core; oneDNN spreads every step over all of them, which is where torch's CPU LSTM gets its
 speed. Each layer is one host call into oneDNN's C API (through ctypes, so nothing is compiled
 at install time), both directions at once where it can (`bidirectional_layer_onednn`), else one
-call per direction:
+call per direction. A host call's two directions run as one oneDNN call over all cores, or
+where a step is small, side by side on half of the cores each (`_OneDNN.parts`):
 
 - forward inference when no gradient is taken;
 - under differentiation, forward training, whose workspace (every step's gates and states) stays
@@ -54,6 +55,14 @@ from ._spec import RecurrentSpec
 
 DISTRIBUTION = "onednn-cpu-gomp"
 POOL_BYTES = 2**30
+# A bidirectional layer runs its two directions side by side, each on half of the cores, where a
+# step of one direction (`h @ W_hh^T`) is this many multiply-adds or fewer: a step too small to
+# share out over the cores without their waiting at its barriers. That direction-by-direction
+# time over both directions in one call, forward / forward+backward, in turns in one process on
+# 2 cores: LSTM B=32, H=128 0.93-0.96 / 0.98-1.00; B=8, H=256: LSTM 0.92 / 0.96, GRU 0.90 /
+# 0.89, RNN 0.93 / 0.91; RNN B=16, H=512 0.93 / 0.93; LSTM B=32, H=256 1.00 / 0.98. Beyond it,
+# RNN B=64, H=512 1.10 / 0.95 and LSTM B=64, H=512 1.26 / 1.02.
+SIDE_BY_SIDE_MAX_STEP = 2**23
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 GRU_ORDER = (1, 0, 2)  # torch's (reset, update, candidate) as oneDNN's (update, reset, candidate)
 
@@ -63,7 +72,8 @@ _BF16, _F32, _ANY, _TNC, _LDNC, _LDIGO, _LDGOI, _LDGO = 2, 3, 1, 4, 5, 6, 31, 5
 DATA_TYPES = {"float32": _F32, "bfloat16": _BF16}
 _FORWARD_TRAINING, _FORWARD_INFERENCE, _BACKWARD = 64, 96, 128
 _CPU, _IN_ORDER = 1, 1
-_DIRECTIONS = {1: 1, 2: 3}  # oneDNN's left2right, and bidirectional_concat, by number of directions
+_LEFT2RIGHT, _RIGHT2LEFT, _CONCAT = 1, 2, 3  # oneDNN's directions (bidirectional_concat: both)
+_DIRECTIONS = {1: _LEFT2RIGHT, 2: _CONCAT}  # by number of directions
 _ACTIVATION = {"tanh": 33, "relu": 32}
 _QUERY_ARG, _SCRATCHPAD_USER = 255, 1  # dnnl_query_exec_arg_md: any argument's, by id
 _DIFF_WEIGHTS_OVERWRITE = 1
@@ -121,8 +131,70 @@ class _Arg(ctypes.Structure):
     _fields_ = [("arg", ctypes.c_int), ("memory", ctypes.c_void_p)]
 
 
+class _Worker:
+    """A thread that runs oneDNN with `threads` OpenMP threads, with its own stream and buffers
+    (the scratchpad, the packed weights): two workers run primitives at once, each on its own.
+
+    XLA calls back from any of its threads, each of which would get an OpenMP team of its own,
+    and with more OpenMP threads than cores OpenMP stops spinning at its barriers (an LSTM step
+    has several): 21 ms instead of 9 for an LSTM forward at B=32, T=100, H=128. So oneDNN runs
+    only on workers, whose threads add up to the cores, and a host call hands each its whole
+    part of the work at once (`_OneDNN.run`).
+    """
+
+    def __init__(self, dnn: _OneDNN, threads: int):
+        self.dnn, self.threads = dnn, threads
+        self.stream = ctypes.c_void_p()
+        dnn.check(dnn.lib.dnnl_stream_create(ctypes.byref(self.stream), dnn.engine, _IN_ORDER))
+        self.scratchpad = _empty(0)
+        self.packs: dict[int, np.ndarray] = {}  # argument id -> buffer of packed weights
+        # The primitives a worker makes are made for its number of threads (`_primitives`).
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            1, "onednn", initializer=dnn.lib.omp_set_num_threads, initargs=(threads,))
+
+    def packed(self, arg: int, nbytes: int) -> np.ndarray:
+        """A buffer for packed weights, reused from call to call."""
+        if arg not in self.packs or self.packs[arg].nbytes < nbytes:
+            self.packs[arg] = _empty(nbytes)
+        return self.packs[arg][:nbytes]
+
+    def execute(self, pd, prim, arrays: dict[int, np.ndarray]) -> None:
+        """Run `prim` on `arrays` by execution argument id, each checked against its size (a
+        strided view, such as one direction's half of `y`, by the extent of its first axis)."""
+        dnn = self.dnn
+        scratchpad = dnn.layout(pd, SCRATCHPAD)[1]
+        if self.scratchpad.nbytes < scratchpad:
+            self.scratchpad = _empty(scratchpad)
+        arrays = arrays | {SCRATCHPAD: self.scratchpad[:scratchpad]}
+        memories = []
+        try:
+            for arg, array in arrays.items():
+                md, expected = dnn.layout(pd, arg)
+                if _extent(array) != expected or array.strides[-1] != array.itemsize:
+                    raise RuntimeError(f"oneDNN argument {arg}: {array.nbytes} bytes given, {expected} expected")
+                memory = ctypes.c_void_p()
+                dnn.check(dnn.lib.dnnl_memory_create(
+                    ctypes.byref(memory), md, dnn.engine, ctypes.c_void_p(array.ctypes.data)))
+                memories.append(_Arg(arg, memory))
+            args = (_Arg * len(memories))(*memories)
+            dnn.check(dnn.lib.dnnl_primitive_execute(prim, self.stream, len(memories), args))
+            dnn.check(dnn.lib.dnnl_stream_wait(self.stream))
+        finally:
+            for memory in memories:
+                dnn.lib.dnnl_memory_destroy(ctypes.c_void_p(memory.memory))
+
+
+class _Part(NamedTuple):
+    """What one worker runs of a layer's host call: the layer's directions `directions` (a
+    slice), in oneDNN's `direction`."""
+
+    worker: _Worker
+    directions: slice
+    direction: int
+
+
 class _OneDNN:
-    """The library, one CPU engine and stream, the primitives made so far, the workspace pool."""
+    """The library, one CPU engine, its workers, the primitives made so far, the workspace pool."""
 
     def __init__(self):
         distribution = _distribution()
@@ -135,55 +207,76 @@ class _OneDNN:
         self.lib = lib = ctypes.CDLL(str(path.locate()))
         lib.dnnl_primitive_desc_query_md.restype = ctypes.c_void_p
         lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
-        self.engine, self.stream = ctypes.c_void_p(), ctypes.c_void_p()
+        self.engine = ctypes.c_void_p()
         self.check(lib.dnnl_engine_create(ctypes.byref(self.engine), _CPU, ctypes.c_size_t(0)))
-        self.check(lib.dnnl_stream_create(ctypes.byref(self.stream), self.engine, _IN_ORDER))
         # A scratchpad passed in by the caller: the library's own is per thread, and XLA calls back
         # from whichever thread it likes (a primitive made on one crashed when run on another).
         self.attr = ctypes.c_void_p()
         self.check(lib.dnnl_primitive_attr_create(ctypes.byref(self.attr)))
         self.check(lib.dnnl_primitive_attr_set_scratchpad_mode(self.attr, _SCRATCHPAD_USER))
-        self.scratchpad = _empty(0)
-        # oneDNN runs on one thread of its own: XLA calls back from any of its threads, each of
-        # which would get an OpenMP team of its own, and with more OpenMP threads than cores
-        # OpenMP stops spinning at its barriers (an LSTM step has several): 21 ms instead of 9
-        # for an LSTM forward at B=32, T=100, H=128. A host call's whole work goes to that thread
-        # in one hand-off (`_host_call`), so that everything below is touched by that thread only.
-        self.thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onednn")
+        # One worker on every core, and a pair of workers on half of them each, which run a
+        # bidirectional layer's two directions side by side (`parts`).
+        threads = lib.omp_get_max_threads()
+        self.worker = _Worker(self, threads)
+        self.pair = [_Worker(self, threads // 2) for _ in range(2)] if threads >= 2 else []
         self.layouts: dict[int, dict[int, tuple[ctypes.c_void_p, int]]] = {}  # see `layout`
         self.handles = itertools.count()
-        # handle -> the workspace of one forward, oldest first (see `hold`)
-        self.workspaces: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        # Workers and XLA's threads take and give back workspaces at once: under this lock.
+        self.pool = threading.Lock()
+        # handle -> the workspaces of one forward, one per part, oldest first (see `hold`)
+        self.workspaces: collections.OrderedDict[int, tuple[np.ndarray, ...]] = collections.OrderedDict()
         # Workspaces a backward gave back, reused by size so that no call faults them in afresh;
         # the oldest go beyond POOL_BYTES (shapes change, and each shape has its size).
         self.free: collections.deque[np.ndarray] = collections.deque()
-        self.packs: dict[int, np.ndarray] = {}  # argument id -> buffer of packed weights
 
-    def packed(self, arg: int, nbytes: int) -> np.ndarray:
-        """A buffer for packed weights, reused from call to call."""
-        if arg not in self.packs or self.packs[arg].nbytes < nbytes:
-            self.packs[arg] = _empty(nbytes)
-        return self.packs[arg][:nbytes]
+    def parts(self, kind: str, D: int, B: int, H: int) -> list[_Part]:
+        """How a layer's call of `D` directions is shared out: both directions side by side on
+        the pair of workers where that measured faster (`SIDE_BY_SIDE_MAX_STEP`), else the
+        whole call on the one worker."""
+        if D == 2 and self.pair and B * GATES[kind] * H * H <= SIDE_BY_SIDE_MAX_STEP:
+            return [_Part(self.pair[0], slice(0, 1), _LEFT2RIGHT), _Part(self.pair[1], slice(1, 2), _RIGHT2LEFT)]
+        return [_Part(self.worker, slice(0, D), _DIRECTIONS[D])]
+
+    @staticmethod
+    def run(fn, parts: list[_Part], *arguments) -> list:
+        """`fn(part, *its arguments)` for each part on its worker, all at once (`arguments`:
+        lists of one argument per part); their results."""
+        futures = [part.worker.executor.submit(fn, part, *args) for part, *args in zip(parts, *arguments)]
+        return [future.result() for future in futures]
 
     def take_workspace(self, nbytes: int) -> np.ndarray:
-        for i, workspace in enumerate(self.free):
-            if workspace.nbytes == nbytes:
-                del self.free[i]  # by position: `remove` would compare arrays by value
-                return workspace
+        with self.pool:
+            for i, workspace in enumerate(self.free):
+                if workspace.nbytes == nbytes:
+                    del self.free[i]  # by position: `remove` would compare arrays by value
+                    return workspace
         return _empty(nbytes)
 
-    def hold(self, workspace: np.ndarray) -> int:
-        """Keep a forward's workspace for its backward; returns its handle. A backward may never
-        come (XLA drops one whose results go unused), so beyond POOL_BYTES held the oldest are let
-        go: a backward that finds its workspace gone runs the forward again (`_host_backward`)."""
+    def hold(self, workspaces: tuple[np.ndarray, ...]) -> int:
+        """Keep a forward's workspaces for its backward; returns their handle. A backward may
+        never come (XLA drops one whose results go unused), so beyond POOL_BYTES held the oldest
+        are let go: a backward that finds its workspaces gone runs the forward again
+        (`_host_backward`)."""
         handle = next(self.handles) % 2**31
-        self.workspaces[handle] = workspace
-        while len(self.workspaces) > 1 and sum(w.nbytes for w in self.workspaces.values()) > POOL_BYTES:
-            self.give_back(self.workspaces.popitem(last=False)[1])
+        with self.pool:
+            self.workspaces[handle] = workspaces
+            while len(self.workspaces) > 1 and self.held_bytes() > POOL_BYTES:
+                self._free(self.workspaces.popitem(last=False)[1])
         return handle
 
+    def held_bytes(self) -> int:
+        return sum(w.nbytes for held in self.workspaces.values() for w in held)
+
+    def take_held(self, handle: int) -> tuple[np.ndarray, ...] | None:
+        with self.pool:
+            return self.workspaces.pop(handle, None)
+
     def give_back(self, workspace: np.ndarray) -> None:
-        self.free.append(workspace)
+        with self.pool:
+            self._free((workspace,))
+
+    def _free(self, workspaces) -> None:
+        self.free.extend(workspaces)
         while sum(w.nbytes for w in self.free) > POOL_BYTES:
             self.free.popleft()
 
@@ -196,6 +289,12 @@ class _OneDNN:
         md = ctypes.c_void_p()
         self.check(self.lib.dnnl_memory_desc_create_with_tag(
             ctypes.byref(md), len(dims), (ctypes.c_int64 * 12)(*dims), data_type, tag))
+        return md
+
+    def strided_desc(self, dims, strides, data_type: int = _F32) -> ctypes.c_void_p:
+        md = ctypes.c_void_p()
+        self.check(self.lib.dnnl_memory_desc_create_with_strides(
+            ctypes.byref(md), len(dims), (ctypes.c_int64 * 12)(*dims), data_type, (ctypes.c_int64 * 12)(*strides)))
         return md
 
     def primitive(self, create, *args) -> tuple[ctypes.c_void_p, ctypes.c_void_p]:
@@ -216,29 +315,6 @@ class _OneDNN:
             md = self.desc_of(pd, arg)
             layout[arg] = md, self.lib.dnnl_memory_desc_get_size(md)
         return layout[arg]
-
-    def execute(self, pd, prim, arrays: dict[int, np.ndarray]) -> None:
-        """Run `prim` on `arrays` by execution argument id, each checked against its size."""
-        scratchpad = self.layout(pd, SCRATCHPAD)[1]
-        if self.scratchpad.nbytes < scratchpad:
-            self.scratchpad = _empty(scratchpad)
-        arrays = arrays | {SCRATCHPAD: self.scratchpad[:scratchpad]}
-        memories = []
-        try:
-            for arg, array in arrays.items():
-                md, expected = self.layout(pd, arg)
-                if array.nbytes != expected or not array.flags.c_contiguous:
-                    raise RuntimeError(f"oneDNN argument {arg}: {array.nbytes} bytes given, {expected} expected")
-                memory = ctypes.c_void_p()
-                self.check(self.lib.dnnl_memory_create(
-                    ctypes.byref(memory), md, self.engine, ctypes.c_void_p(array.ctypes.data)))
-                memories.append(_Arg(arg, memory))
-            args = (_Arg * len(memories))(*memories)
-            self.check(self.lib.dnnl_primitive_execute(prim, self.stream, len(memories), args))
-            self.check(self.lib.dnnl_stream_wait(self.stream))
-        finally:
-            for memory in memories:
-                self.lib.dnnl_memory_destroy(ctypes.c_void_p(memory.memory))
 
 
 _SETUP = threading.Lock()
@@ -272,15 +348,19 @@ class _Primitives(NamedTuple):
 
 
 @functools.cache
-def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, D: int, training: bool, dtype: str):
-    """The `_Primitives` of one direction (`D=1`) or both, their outputs concatenated (`D=2`).
+def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, direction: int, training: bool,
+                dtype: str, threads: int, y_width: int):
+    """The `_Primitives` of one direction, or of both with their outputs side by side
+    (`direction` `_CONCAT`), made for a worker of `threads` threads. `y` has rows `y_width`
+    wide, of which these directions' outputs take the first `D * H` (a view of one direction's
+    half of a bidirectional layer's `y` starts at its half).
 
     `dtype` ("float32" or "bfloat16") is that of x, y, h and the weights; c, the bias and every
     gradient are float32, as torch's bfloat16 LSTM has them for the backward.
     """
     dnn = _onednn()
     lib = dnn.lib
-    G = GATES[kind]
+    G, D = GATES[kind], 2 if direction == _CONCAT else 1
 
     def descs(data_type):
         """(src, h, c, weights by tag, bias, dst) of one data type for x, y, h and the weights."""
@@ -290,7 +370,8 @@ def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, D: i
         }
         h, c = dnn.desc([1, D, B, H], _LDNC, data_type), dnn.desc([1, D, B, H], _LDNC)
         bias = dnn.desc([1, D, G + (kind == "gru"), H], _LDGO)
-        return dnn.desc([T, B, I], _TNC, data_type), h, c, weights, bias, dnn.desc([T, B, D * H], _TNC, data_type)
+        dst = dnn.strided_desc([T, B, D * H], [B * y_width, y_width, 1], data_type)
+        return dnn.desc([T, B, I], _TNC, data_type), h, c, weights, bias, dst
 
     data, grads = descs(DATA_TYPES[dtype]), descs(_F32)
 
@@ -315,7 +396,7 @@ def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, D: i
     # 0.06-0.13 ms; 4 MB: 0.5-0.7 against 0.7-1.1), and leave XLA nothing to run around the calls.
     forward = dnn.primitive(
         getattr(lib, f"dnnl_{name}_forward_primitive_desc_create"), dnn.engine,
-        _FORWARD_TRAINING if training else _FORWARD_INFERENCE, *rnn, _DIRECTIONS[D],
+        _FORWARD_TRAINING if training else _FORWARD_INFERENCE, *rnn, direction,
         *args(_LDIGO if training else _ANY), 0, *alpha_beta, dnn.attr,
     )
     packs = reorders(data[3][_LDGOI], [dnn.desc_of(forward[0], arg) for arg in (W_LAYER, W_ITER)])
@@ -324,40 +405,54 @@ def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, D: i
     # The backward takes the weights in torch's layout as they come.
     backward = dnn.primitive(
         getattr(lib, f"dnnl_{name}_backward_primitive_desc_create"), dnn.engine,
-        _BACKWARD, *rnn, _DIRECTIONS[D], *args(_LDGOI, grads),
+        _BACKWARD, *rnn, direction, *args(_LDGOI, grads),
         _DIFF_WEIGHTS_OVERWRITE, *alpha_beta, forward[0], dnn.attr,
     )
     unpacks = reorders(grads[3][_LDIGO], grads[3][_LDGOI])
     return _Primitives(forward, packs, dnn.layout(forward[0], WORKSPACE)[1], backward, unpacks)
 
 
-def _run_forward(dnn: _OneDNN, primitives: _Primitives, y, final, w_layer, w_iter, bias, x, state) -> np.ndarray | None:
+def _run_forward(worker: _Worker, primitives: _Primitives, y, final, w_layer, w_iter, bias, x, state):
     """Run the forward into `y` and `final`, from weights in torch's layout; returns the
     workspace in training, else None."""
     arrays = {SRC: x, W_LAYER: w_layer, W_ITER: w_iter, BIAS: bias, DST: y}
     arrays |= dict(zip((SRC_ITER, SRC_ITER_C), state)) | dict(zip((DST_ITER, DST_ITER_C), final))  # h, then c
     for arg, (pack_pd, pack) in primitives.packs.items():
-        packed = dnn.packed(arg, dnn.layout(pack_pd, DST)[1])
-        dnn.execute(pack_pd, pack, {SRC: arrays[arg], DST: packed})
+        packed = worker.packed(arg, worker.dnn.layout(pack_pd, DST)[1])
+        worker.execute(pack_pd, pack, {SRC: arrays[arg], DST: packed})
         arrays[arg] = packed
     if primitives.backward is None:
-        dnn.execute(*primitives.forward, arrays)
+        worker.execute(*primitives.forward, arrays)
         return None
-    workspace = dnn.take_workspace(primitives.workspace_bytes)
-    dnn.execute(*primitives.forward, arrays | {WORKSPACE: workspace})
+    workspace = worker.dnn.take_workspace(primitives.workspace_bytes)
+    worker.execute(*primitives.forward, arrays | {WORKSPACE: workspace})
     return workspace
+
+
+def _part_primitives(part: _Part, kind, activation, training, dtype, x, y, H) -> _Primitives:
+    return _primitives(kind, activation, *x.shape, H, part.direction, training, dtype, part.worker.threads, y.shape[2])
+
+
+def _columns(a, part: _Part, H: int):
+    """The part's directions' columns of `y` (or of its gradient) `(T, B, D * H)`: a view."""
+    return a[:, :, part.directions.start * H : part.directions.stop * H]
 
 
 def _host_forward(kind, activation, training, dtype, outputs, w_layer, w_iter, bias, x, *state):
     """Host side of the forward: writes `outputs`, `(y, final state..., [workspace handle])`."""
-    T, B, I = x.shape
     y, *final = outputs[: 1 + len(state)]
-    D, _, H = state[0].shape
+    D, B, H = state[0].shape
     dnn = _onednn()
-    primitives = _primitives(kind, activation, T, B, I, H, D, training, dtype)
-    workspace = _run_forward(dnn, primitives, y, final, w_layer, w_iter, bias, x, state)
-    if workspace is not None:
-        outputs[-1][...] = dnn.hold(workspace)
+
+    def forward(part):
+        d = part.directions
+        primitives = _part_primitives(part, kind, activation, training, dtype, x, y, H)
+        return _run_forward(part.worker, primitives, _columns(y, part, H), [f[d] for f in final],
+                            w_layer[d], w_iter[d], bias[d], x, [s[d] for s in state])
+
+    workspaces = dnn.run(forward, dnn.parts(kind, D, B, H))
+    if training:
+        outputs[-1][...] = dnn.hold(tuple(workspaces))
 
 
 def _host_backward(kind, activation, n, dtype, outputs, w_layer, w_iter, bias, x, y, handle, *rest):
@@ -369,38 +464,57 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer, w_iter, bias, x
     """
     state, final, d_y, d_final = rest[:n], rest[n : 2 * n], rest[2 * n], rest[2 * n + 1 :]
     d_x, *d_state, d_layer, d_iter, d_bias = outputs
-    T, B, I = x.shape
-    D, _, H = state[0].shape
-    arrays = {
-        SRC: x, W_LAYER: w_layer, W_ITER: w_iter, BIAS: bias, DST: y,
-        DIFF + SRC: d_x, DIFF + BIAS: d_bias, DIFF + DST: d_y,
-    }
-    for first, group in ((SRC_ITER, state), (DST_ITER, final), (DIFF + SRC_ITER, d_state), (DIFF + DST_ITER, d_final)):
-        arrays |= dict(zip((first, first + 1), group))  # h, then LSTM's c
+    D, B, H = state[0].shape
     dnn = _onednn()
-    primitives = _primitives(kind, activation, T, B, I, H, D, True, dtype)
-    # The weight gradients as oneDNN writes them, by execution argument id.
-    ldigo = {DIFF + arg: dnn.packed(DIFF + arg, dnn.layout(pd, SRC)[1]) for arg, (pd, _) in primitives.unpacks.items()}
-    workspace = dnn.workspaces.pop(int(handle), None)
-    if workspace is None:
+    parts = dnn.parts(kind, D, B, H)
+    held = dnn.take_held(int(handle))
+    if held is None or len(held) != len(parts):
         # Let go (`_OneDNN.hold`), or taken by another backward of the same forward: a `vjp`
-        # called again, or two identical forwards that XLA merged into one. The forward runs
+        # called again, or two identical forwards that XLA merged into one (or held for parts
+        # of another sharing, had SIDE_BY_SIDE_MAX_STEP changed in between). The forward runs
         # again, on scratch outputs (its own are identical).
-        scratch = [_empty(a.nbytes) for a in (y, *final)]
-        workspace = _run_forward(dnn, primitives, scratch[0], scratch[1:], w_layer, w_iter, bias, x, state)
-    try:
-        dnn.execute(*primitives.backward, arrays | {WORKSPACE: workspace} | ldigo)
-    finally:
-        dnn.give_back(workspace)
-    for arg, gradient in ((W_LAYER, d_layer), (W_ITER, d_iter)):
-        dnn.execute(*primitives.unpacks[arg], {SRC: ldigo[DIFF + arg], DST: gradient})
+        held = [None] * len(parts)
+    # Each part's gradient of x, the one input of both directions: the first part's in `d_x`,
+    # a second's in a buffer from the pool, added to it after.
+    buffers = [dnn.take_workspace(d_x.nbytes) for _ in parts[1:]]
+    d_xs = [d_x, *(b.view(d_x.dtype).reshape(d_x.shape) for b in buffers)]
+    states = ((SRC_ITER, state), (DST_ITER, final), (DIFF + SRC_ITER, d_state), (DIFF + DST_ITER, d_final))
+
+    def backward(part, workspace, d_x):
+        d, worker = part.directions, part.worker
+        primitives = _part_primitives(part, kind, activation, True, dtype, x, y, H)
+        arrays = {
+            SRC: x, W_LAYER: w_layer[d], W_ITER: w_iter[d], BIAS: bias[d], DST: _columns(y, part, H),
+            DIFF + SRC: d_x, DIFF + BIAS: d_bias[d], DIFF + DST: _columns(d_y, part, H),
+        }
+        for first, group in states:
+            arrays |= dict(zip((first, first + 1), (a[d] for a in group)))  # h, then LSTM's c
+        # The weight gradients as oneDNN writes them, by execution argument id.
+        ldigo = {DIFF + arg: worker.packed(DIFF + arg, dnn.layout(pd, SRC)[1])
+                 for arg, (pd, _) in primitives.unpacks.items()}
+        if workspace is None:
+            scratch = [_empty(_extent(a)) for a in (arrays[DST], *(f[d] for f in final))]
+            workspace = _run_forward(worker, primitives, scratch[0], scratch[1:], arrays[W_LAYER], arrays[W_ITER],
+                                     arrays[BIAS], x, [s[d] for s in state])
+        try:
+            worker.execute(*primitives.backward, arrays | {WORKSPACE: workspace} | ldigo)
+        finally:
+            dnn.give_back(workspace)
+        for arg, gradient in ((W_LAYER, d_layer[d]), (W_ITER, d_iter[d])):
+            worker.execute(*primitives.unpacks[arg], {SRC: ldigo[DIFF + arg], DST: gradient})
+
+    dnn.run(backward, parts, held, d_xs)
+    for other, buffer in zip(d_xs[1:], buffers):
+        d_x += other
+        dnn.give_back(buffer)
 
 
 def _host_call(host_fn, result_shapes, *args):
-    """`host_fn(outputs, *args)` on oneDNN's thread, on numpy views of XLA's own buffers: it
-    writes its outputs in place, so nothing is copied in or out (`pure_callback` copied every
-    output: 0.9 ms for 1.6 MB, and took 77 us a call against 14 us). Host calls that XLA makes
-    at once (two directions of a layer) run one after the other there.
+    """`host_fn(outputs, *args)` on numpy views of XLA's own buffers, which hands its oneDNN
+    calls to the workers (`_Worker`): it writes its outputs in place, so nothing is copied in or
+    out (`pure_callback` copied every output: 0.9 ms for 1.6 MB, and took 77 us a call against
+    14 us). Host calls that XLA makes at once (two directions of a layer) run one after the other
+    on a worker.
 
     The calls declare no side effect, though a training forward holds its workspace for the
     backward: a jitted function with effects takes JAX's Python dispatch, 0.3 ms a call of an
@@ -409,7 +523,7 @@ def _host_call(host_fn, result_shapes, *args):
     """
 
     def callback(_, outputs, *args):
-        _onednn().thread.submit(host_fn, [_host(a) for a in outputs], *(_host(a) for a in args)).result()
+        host_fn([_host(a) for a in outputs], *(_host(a) for a in args))
 
     # numpy takes no bfloat16 through DLPack: bfloat16 crosses as its bits, uint16.
     bits = [jax.ShapeDtypeStruct(s.shape, _BITS.get(s.dtype, s.dtype)) for s in result_shapes]
@@ -428,6 +542,12 @@ def _bitcast(a, dtype):
 def _host(a) -> np.ndarray:
     """A callback's buffer as numpy, without a copy."""
     return np.from_dlpack(a)
+
+
+def _extent(a: np.ndarray) -> int:
+    """The bytes from `a`'s start to the end of its first axis: its size, or for a view of
+    some columns (one direction's of `y`), that of the whole rows it cuts them from."""
+    return a.shape[0] * a.strides[0]
 
 
 def _empty(nbytes: int) -> np.ndarray:
@@ -585,9 +705,10 @@ def _run(rnn, w_layer, w_iter, bias, x, state0):
 
 
 def bidirectional_layer_onednn(math_key, w, x, state0):
-    """One bidirectional layer without lengths as one oneDNN call (`bidirectional_concat`): `x`
-    `(T, B, I)` in time order, `state0` a tuple of `(2, B, H)` -> `(y, final state)`, `y`
-    `(T, B, 2 * H)`. Nothing is reversed, stacked or concatenated on XLA's side."""
+    """One bidirectional layer without lengths as one host call (oneDNN's `bidirectional_concat`,
+    or its two directions side by side): `x` `(T, B, I)` in time order, `state0` a tuple of
+    `(2, B, H)` -> `(y, final state)`, `y` `(T, B, 2 * H)`. Nothing is reversed, stacked or
+    concatenated on XLA's side."""
     kind, activation = math_key
     return _run(functools.partial(_rnn, kind, activation), *_kernel_weights(kind, w, range(2)), x, state0)
 
