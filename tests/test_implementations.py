@@ -96,9 +96,11 @@ def share_out(side_by_side: bool, monkeypatch) -> None:
         pytest.skip("side by side needs two cores")
 
 
-def workspace_size(T: int, y_width: int, direction: int) -> int:
-    """The workspace of an LSTM's training forward at B=2, I=4, H=8."""
-    return _onednn._primitives("lstm", "tanh", T, 2, 4, 8, direction, True, "float32", 1, y_width).workspace_bytes
+def workspace_size(T: int, direction: int) -> int:
+    """The workspace of an LSTM's training forward at B=2, I=4, H=8, on contiguous x and y."""
+    width = 16 if direction == _onednn._CONCAT else 8
+    return _onednn._primitives(
+        "lstm", "tanh", T, 2, 4, 8, direction, True, "float32", 1, (8, 4, 1), (2 * width, width, 1)).workspace_bytes
 
 
 @onednn_platform
@@ -228,7 +230,7 @@ def test_onednn_holds_bounded_workspaces_when_backwards_never_run(monkeypatch):
     stay held: beyond POOL_BYTES the oldest are let go, and a backward that finds its workspace
     gone runs the forward again."""
     params = _lstm_params()
-    workspace_bytes = workspace_size(3, 8, _onednn._LEFT2RIGHT)
+    workspace_bytes = workspace_size(3, _onednn._LEFT2RIGHT)
     monkeypatch.setattr(_onednn, "POOL_BYTES", 2 * workspace_bytes)
     dnn = _onednn._onednn()
     dnn.workspaces.clear()
@@ -259,9 +261,9 @@ def test_onednn_workspaces_are_reused(side_by_side, monkeypatch):
     for _ in range(3):
         jax.block_until_ready(grad(params))
     if side_by_side:
-        expected = [X.nbytes, workspace_size(3, 16, _onednn._LEFT2RIGHT), workspace_size(3, 16, _onednn._RIGHT2LEFT)]
+        expected = [X.nbytes, workspace_size(3, _onednn._LEFT2RIGHT), workspace_size(3, _onednn._RIGHT2LEFT)]
     else:
-        expected = [workspace_size(3, 16, _onednn._CONCAT)]
+        expected = [workspace_size(3, _onednn._CONCAT)]
     assert not dnn.workspaces and sorted(w.nbytes for w in dnn.free) == sorted(expected)
 
 
@@ -276,7 +278,7 @@ def test_onednn_remat_holds_one_chunk_of_workspace_and_serves_every_backward():
     _, vjp = jax.vjp(lambda p: F.lstm(p, x, implementation="onednn", remat=3)[0], params)
     first, second = (jax.block_until_ready(vjp(jnp.ones((7, 2, 8), jnp.float32))) for _ in range(2))
     jax.tree.map(np.testing.assert_array_equal, first, second)
-    chunk_sizes = {workspace_size(t, 8, _onednn._LEFT2RIGHT) for t in (3, 1)}
+    chunk_sizes = {workspace_size(t, _onednn._LEFT2RIGHT) for t in (3, 1)}
     assert not dnn.workspaces and {w.nbytes for w in dnn.free} == chunk_sizes
 
 

@@ -239,10 +239,10 @@ _LAYER_DOC = """
         "xla": `lax.scan`, on every device. "pallas": one fused kernel per layer for each of the
         forward and backward loops (Triton on GPU, Mosaic on TPU). "cudnn": the LSTM stack as
         one cuDNN call (CUDA GPUs). "onednn": oneDNN's fused CPU kernels, one host call per
-        layer (per direction with lengths or remat; float32 or bfloat16, no `proj_size`; needs
-        `pip install "jaxrnn[onednn]"`). "auto": "onednn" where it is installed, supports the
-        call and measured faster (on CPU, LSTM and GRU layers of 8 sequences or more, and RNN
-        layers of 8 or more with `hidden_size` 256 or more), else "xla".
+        layer (float32 or bfloat16, no `proj_size`; needs `pip install "jaxrnn[onednn]"`).
+        "auto": "onednn" where it is installed, supports the call and measured faster (on
+        CPU, LSTM and GRU layers of 8 sequences or more, and RNN layers of 8 or more with
+        `hidden_size` 256 or more), else "xla".
 
     Returns:
       `(output, {ret})`: `output` `(T, B, D * H_out)` (batch_first: `(B, T, D * H_out)`),

@@ -3,9 +3,9 @@
 These are the kernels torch's own CPU LSTM runs. XLA:CPU runs each step of a `lax.scan` on one
 core; oneDNN spreads every step over all of them, which is where torch's CPU LSTM gets its
 speed. Each layer is one host call into oneDNN's C API (through ctypes, so nothing is compiled
-at install time), both directions at once where it can (`bidirectional_layer_onednn`), else one
-call per direction. A host call's two directions run as one oneDNN call over all cores, or
-where a step is small, side by side on half of the cores each (`_OneDNN.parts`):
+at install time), of both directions where it has two: where a step is small, side by side on
+half of the cores each, else one after the other on all of them, or as one oneDNN call where
+both read the same input (`_OneDNN.parts`):
 
 - forward inference when no gradient is taken;
 - under differentiation, forward training, whose workspace (every step's gates and states) stays
@@ -57,11 +57,10 @@ DISTRIBUTION = "onednn-cpu-gomp"
 POOL_BYTES = 2**30
 # A bidirectional layer runs its two directions side by side, each on half of the cores, where a
 # step of one direction (`h @ W_hh^T`) is this many multiply-adds or fewer: a step too small to
-# share out over the cores without their waiting at its barriers. That direction-by-direction
-# time over both directions in one call, forward / forward+backward, in turns in one process on
-# 2 cores: LSTM B=32, H=128 0.93-0.96 / 0.98-1.00; B=8, H=256: LSTM 0.92 / 0.96, GRU 0.90 /
-# 0.89, RNN 0.93 / 0.91; RNN B=16, H=512 0.93 / 0.93; LSTM B=32, H=256 1.00 / 0.98. Beyond it,
-# RNN B=64, H=512 1.10 / 0.95 and LSTM B=64, H=512 1.26 / 1.02.
+# share out over the cores without their waiting at its barriers. On 2 cores that measured
+# 0.86-1.04x the time of the two directions on all cores in most readings (LSTM, GRU and RNN at
+# B=32, H=128 and B=8, H=256, RNN at B=16, H=512; one of 1.14 in turns of 0.82-1.29), and up to
+# 1.26x beyond it (B=64, H=512): the figures are in docs/implementations.md.
 SIDE_BY_SIDE_MAX_STEP = 2**23
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 GRU_ORDER = (1, 0, 2)  # torch's (reset, update, candidate) as oneDNN's (update, reset, candidate)
@@ -160,7 +159,7 @@ class _Worker:
 
     def execute(self, pd, prim, arrays: dict[int, np.ndarray]) -> None:
         """Run `prim` on `arrays` by execution argument id, each checked against its size (a
-        strided view, such as one direction's half of `y`, by the extent of its first axis)."""
+        strided view, such as one direction's half of `y`, fits in it)."""
         dnn = self.dnn
         scratchpad = dnn.layout(pd, SCRATCHPAD)[1]
         if self.scratchpad.nbytes < scratchpad:
@@ -170,7 +169,8 @@ class _Worker:
         try:
             for arg, array in arrays.items():
                 md, expected = dnn.layout(pd, arg)
-                if _extent(array) != expected or array.strides[-1] != array.itemsize:
+                fits = array.nbytes <= expected if not array.flags.c_contiguous else array.nbytes == expected
+                if not fits or array.strides[-1] != array.itemsize:
                     raise RuntimeError(f"oneDNN argument {arg}: {array.nbytes} bytes given, {expected} expected")
                 memory = ctypes.c_void_p()
                 dnn.check(dnn.lib.dnnl_memory_create(
@@ -186,11 +186,22 @@ class _Worker:
 
 class _Part(NamedTuple):
     """What one worker runs of a layer's host call: the layer's directions `directions` (a
-    slice), in oneDNN's `direction`."""
+    slice), in oneDNN's `direction`, on its views of the call's arrays (`x`, `y`)."""
 
     worker: _Worker
     directions: slice
     direction: int
+
+    def x(self, x: np.ndarray) -> np.ndarray:
+        """`x` (or its gradient) as this part reads it: `(T, B, I)` is every direction's,
+        `(T, D, B, I)` holds each direction's own."""
+        return x if x.ndim == 3 else x[:, self.directions.start]
+
+    def y(self, y: np.ndarray, H: int) -> np.ndarray:
+        """This part's outputs (or their gradient) in `y`: its directions' columns of `(T, B,
+        D * H)` (oneDNN's layout of a bidirectional layer), or its direction's `(T, D, B, H)`."""
+        d = self.directions
+        return y[:, :, d.start * H : d.stop * H] if y.ndim == 3 else y[:, d.start]
 
 
 class _OneDNN:
@@ -229,13 +240,18 @@ class _OneDNN:
         # the oldest go beyond POOL_BYTES (shapes change, and each shape has its size).
         self.free: collections.deque[np.ndarray] = collections.deque()
 
-    def parts(self, kind: str, D: int, B: int, H: int) -> list[_Part]:
-        """How a layer's call of `D` directions is shared out: both directions side by side on
-        the pair of workers where that measured faster (`SIDE_BY_SIDE_MAX_STEP`), else the
-        whole call on the one worker."""
-        if D == 2 and self.pair and B * GATES[kind] * H * H <= SIDE_BY_SIDE_MAX_STEP:
-            return [_Part(self.pair[0], slice(0, 1), _LEFT2RIGHT), _Part(self.pair[1], slice(1, 2), _RIGHT2LEFT)]
-        return [_Part(self.worker, slice(0, D), _DIRECTIONS[D])]
+    def parts(self, kind: str, D: int, B: int, H: int, shared_input: bool) -> list[_Part]:
+        """How a layer's call of `D` directions is shared out: two directions side by side on
+        the pair of workers where that measured faster (`SIDE_BY_SIDE_MAX_STEP`), else on the
+        one worker, as one call where they read one input (oneDNN's `bidirectional_concat`,
+        the second direction right to left), else one after the other (each left to right on
+        an input of its own)."""
+        side_by_side = D == 2 and self.pair and B * GATES[kind] * H * H <= SIDE_BY_SIDE_MAX_STEP
+        if shared_input and not side_by_side:
+            return [_Part(self.worker, slice(0, D), _DIRECTIONS[D])]
+        workers = self.pair if side_by_side else [self.worker] * D
+        directions = (_LEFT2RIGHT, _RIGHT2LEFT) if shared_input else (_LEFT2RIGHT,) * D
+        return [_Part(w, slice(d, d + 1), direction) for d, (w, direction) in enumerate(zip(workers, directions))]
 
     @staticmethod
     def run(fn, parts: list[_Part], *arguments) -> list:
@@ -349,11 +365,10 @@ class _Primitives(NamedTuple):
 
 @functools.cache
 def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, direction: int, training: bool,
-                dtype: str, threads: int, y_width: int):
+                dtype: str, threads: int, x_strides: tuple[int, ...], y_strides: tuple[int, ...]):
     """The `_Primitives` of one direction, or of both with their outputs side by side
-    (`direction` `_CONCAT`), made for a worker of `threads` threads. `y` has rows `y_width`
-    wide, of which these directions' outputs take the first `D * H` (a view of one direction's
-    half of a bidirectional layer's `y` starts at its half).
+    (`direction` `_CONCAT`), made for a worker of `threads` threads, on views of `x` `(T, B, I)`
+    and `y` `(T, B, D * H)` of these strides, in elements (`_Part.x`, `_Part.y`).
 
     `dtype` ("float32" or "bfloat16") is that of x, y, h and the weights; c, the bias and every
     gradient are float32, as torch's bfloat16 LSTM has them for the backward.
@@ -370,8 +385,8 @@ def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, dire
         }
         h, c = dnn.desc([1, D, B, H], _LDNC, data_type), dnn.desc([1, D, B, H], _LDNC)
         bias = dnn.desc([1, D, G + (kind == "gru"), H], _LDGO)
-        dst = dnn.strided_desc([T, B, D * H], [B * y_width, y_width, 1], data_type)
-        return dnn.desc([T, B, I], _TNC, data_type), h, c, weights, bias, dst
+        src = dnn.strided_desc([T, B, I], x_strides, data_type)
+        return src, h, c, weights, bias, dnn.strided_desc([T, B, D * H], y_strides, data_type)
 
     data, grads = descs(DATA_TYPES[dtype]), descs(_F32)
 
@@ -430,12 +445,13 @@ def _run_forward(worker: _Worker, primitives: _Primitives, y, final, w_layer, w_
 
 
 def _part_primitives(part: _Part, kind, activation, training, dtype, x, y, H) -> _Primitives:
-    return _primitives(kind, activation, *x.shape, H, part.direction, training, dtype, part.worker.threads, y.shape[2])
+    """The primitives of `part`, on its views `x` and `y`."""
+    return _primitives(kind, activation, *x.shape, H, part.direction, training, dtype, part.worker.threads,
+                       _strides(x), _strides(y))
 
 
-def _columns(a, part: _Part, H: int):
-    """The part's directions' columns of `y` (or of its gradient) `(T, B, D * H)`: a view."""
-    return a[:, :, part.directions.start * H : part.directions.stop * H]
+def _strides(a: np.ndarray) -> tuple[int, ...]:
+    return tuple(s // a.itemsize for s in a.strides)
 
 
 def _host_forward(kind, activation, training, dtype, outputs, w_layer, w_iter, bias, x, *state):
@@ -445,12 +461,12 @@ def _host_forward(kind, activation, training, dtype, outputs, w_layer, w_iter, b
     dnn = _onednn()
 
     def forward(part):
-        d = part.directions
-        primitives = _part_primitives(part, kind, activation, training, dtype, x, y, H)
-        return _run_forward(part.worker, primitives, _columns(y, part, H), [f[d] for f in final],
-                            w_layer[d], w_iter[d], bias[d], x, [s[d] for s in state])
+        d, x_part, y_part = part.directions, part.x(x), part.y(y, H)
+        primitives = _part_primitives(part, kind, activation, training, dtype, x_part, y_part, H)
+        return _run_forward(part.worker, primitives, y_part, [f[d] for f in final],
+                            w_layer[d], w_iter[d], bias[d], x_part, [s[d] for s in state])
 
-    workspaces = dnn.run(forward, dnn.parts(kind, D, B, H))
+    workspaces = dnn.run(forward, dnn.parts(kind, D, B, H, shared_input=x.ndim == 3))
     if training:
         outputs[-1][...] = dnn.hold(tuple(workspaces))
 
@@ -466,7 +482,8 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer, w_iter, bias, x
     d_x, *d_state, d_layer, d_iter, d_bias = outputs
     D, B, H = state[0].shape
     dnn = _onednn()
-    parts = dnn.parts(kind, D, B, H)
+    shared_input = x.ndim == 3
+    parts = dnn.parts(kind, D, B, H, shared_input)
     held = dnn.take_held(int(handle))
     if held is None or len(held) != len(parts):
         # Let go (`_OneDNN.hold`), or taken by another backward of the same forward: a `vjp`
@@ -474,18 +491,21 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer, w_iter, bias, x
         # of another sharing, had SIDE_BY_SIDE_MAX_STEP changed in between). The forward runs
         # again, on scratch outputs (its own are identical).
         held = [None] * len(parts)
-    # Each part's gradient of x, the one input of both directions: the first part's in `d_x`,
+    # Where both directions read one x, each part's gradient of it: the first part's in `d_x`,
     # a second's in a buffer from the pool, added to it after.
-    buffers = [dnn.take_workspace(d_x.nbytes) for _ in parts[1:]]
-    d_xs = [d_x, *(b.view(d_x.dtype).reshape(d_x.shape) for b in buffers)]
+    if shared_input:
+        buffers = [dnn.take_workspace(d_x.nbytes) for _ in parts[1:]]
+        d_xs = [d_x, *(b.view(d_x.dtype).reshape(d_x.shape) for b in buffers)]
+    else:  # each part writes its direction's own view of d_x (`_Part.x`)
+        buffers, d_xs = [], [d_x] * len(parts)
     states = ((SRC_ITER, state), (DST_ITER, final), (DIFF + SRC_ITER, d_state), (DIFF + DST_ITER, d_final))
 
     def backward(part, workspace, d_x):
-        d, worker = part.directions, part.worker
-        primitives = _part_primitives(part, kind, activation, True, dtype, x, y, H)
+        d, worker, x_part, y_part = part.directions, part.worker, part.x(x), part.y(y, H)
+        primitives = _part_primitives(part, kind, activation, True, dtype, x_part, y_part, H)
         arrays = {
-            SRC: x, W_LAYER: w_layer[d], W_ITER: w_iter[d], BIAS: bias[d], DST: _columns(y, part, H),
-            DIFF + SRC: d_x, DIFF + BIAS: d_bias[d], DIFF + DST: _columns(d_y, part, H),
+            SRC: x_part, W_LAYER: w_layer[d], W_ITER: w_iter[d], BIAS: bias[d], DST: y_part,
+            DIFF + SRC: part.x(d_x), DIFF + BIAS: d_bias[d], DIFF + DST: part.y(d_y, H),
         }
         for first, group in states:
             arrays |= dict(zip((first, first + 1), (a[d] for a in group)))  # h, then LSTM's c
@@ -493,9 +513,10 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer, w_iter, bias, x
         ldigo = {DIFF + arg: worker.packed(DIFF + arg, dnn.layout(pd, SRC)[1])
                  for arg, (pd, _) in primitives.unpacks.items()}
         if workspace is None:
-            scratch = [_empty(_extent(a)) for a in (arrays[DST], *(f[d] for f in final))]
+            outputs = (DST, DST_ITER, DST_ITER_C)[: 1 + n]
+            scratch = [_empty(dnn.layout(primitives.forward[0], arg)[1]) for arg in outputs]
             workspace = _run_forward(worker, primitives, scratch[0], scratch[1:], arrays[W_LAYER], arrays[W_ITER],
-                                     arrays[BIAS], x, [s[d] for s in state])
+                                     arrays[BIAS], x_part, [s[d] for s in state])
         try:
             worker.execute(*primitives.backward, arrays | {WORKSPACE: workspace} | ldigo)
         finally:
@@ -544,12 +565,6 @@ def _host(a) -> np.ndarray:
     return np.from_dlpack(a)
 
 
-def _extent(a: np.ndarray) -> int:
-    """The bytes from `a`'s start to the end of its first axis: its size, or for a view of
-    some columns (one direction's of `y`), that of the whole rows it cuts them from."""
-    return a.shape[0] * a.strides[0]
-
-
 def _empty(nbytes: int) -> np.ndarray:
     """Uninitialised bytes on a 64-byte boundary, as oneDNN's kernels store to them."""
     raw = np.empty(nbytes + 64, np.uint8)
@@ -562,18 +577,21 @@ def _float32_shapes(*arrays):
 
 
 def _forward_shapes(x, state):
-    """The forward's outputs: `y` `(T, B, D * H)` in `x`'s dtype and the final state in `state`'s."""
+    """The forward's outputs: `y` in `x`'s dtype, `(T, B, D * H)` from `x` `(T, B, I)` or `(T, D,
+    B, H)` from `(T, D, B, I)` (see `_rnn`), and the final state in `state`'s."""
     D, _, H = state[0].shape
-    y = jax.ShapeDtypeStruct((*x.shape[:2], D * H), x.dtype)
+    y = jax.ShapeDtypeStruct((*x.shape[:2], D * H) if x.ndim == 3 else (*x.shape[:3], H), x.dtype)
     return [y, *(jax.ShapeDtypeStruct(s.shape, s.dtype) for s in state)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _rnn(kind, activation, w_layer, w_iter, bias, x, state):
-    """One layer in D directions, one call: `x` `(T, B, I)`, `state` a tuple of `(D, B, H)` ->
-    `(y, final)`, `y` `(T, B, D * H)`. D=1 runs left to right; D=2 is oneDNN's
-    `bidirectional_concat`, torch's bidirectional layer without lengths: its second direction
-    runs right to left, and `y` holds both directions' outputs side by side.
+    """One layer in D directions, one host call: `x` `(T, B, I)`, which every direction reads,
+    or `(T, D, B, I)`, each direction's own; `state` a tuple of `(D, B, H)` -> `(y, final)`, `y`
+    `(T, B, D * H)` or `(T, D, B, H)` likewise. With one `x`, D=2 is torch's bidirectional layer
+    without lengths: its second direction runs right to left, and `y` holds both directions'
+    outputs side by side. With each direction's own, every direction runs left to right (a
+    reverse direction's input comes reversed).
 
     The weights come in torch's layout, `(D, G, H, in)` (oneDNN's `ldgoi`), which the backward
     takes and the forward reorders into its own on the host (`_Primitives`).
@@ -677,8 +695,8 @@ _rnn_remat.defvjp(_rnn_remat_fwd, _rnn_remat_bwd)
 
 def _kernel_weights(kind: str, w, directions):
     """The given directions of `LoopWeights`, stacked, in torch's layout: `(D, G, H, I)`,
-    `(D, G, H, H)`, and the bias `(D, G', H)` in float32. Taken direction by direction, the
-    loop's transposes cancel against these: for one direction XLA moves no weight."""
+    `(D, G, H, H)`, and the bias `(D, G', H)` in float32. The loop's transposes cancel against
+    these: for one direction XLA moves no weight."""
     G, H = GATES[kind], w.whh.shape[1]
 
     def weight(a):  # (D, n, G*H) -> (len(directions), G, H, n)
@@ -720,8 +738,9 @@ _LSTM_PADDING_WEIGHT = (-1e4, 1e4, 0.0, 0.0)
 
 
 def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask, *, chunk: int | None = None):
-    """`recurrence`'s contract (see `_recurrence`), run by oneDNN one direction at a time; with
-    `chunk` (`remat`), differentiated a chunk of that many steps at a time (`_rnn_remat`).
+    """`recurrence`'s contract (see `_recurrence`), run by oneDNN in one host call, each
+    direction on its input `xs[:, d]` (`_rnn`); with `chunk` (`remat`), differentiated a chunk
+    of that many steps at a time (`_rnn_remat`).
 
     oneDNN has no per-sequence lengths. With a mask it runs over the padding too, which
     `run_layer` has zeroed and which comes after each sequence's valid steps in both directions:
@@ -731,25 +750,18 @@ def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask, *, chunk
     all this gives the padding no gradient, as the scan's masked steps do.
     """
     kind, activation = math_key
-    padded = ~mask[:, 0] if mask is not None and kind == "lstm" else None  # (T, B, 1)
     if chunk is None:
         rnn = functools.partial(_rnn, kind, activation)
     else:
         rnn = functools.partial(_rnn_remat, kind, activation, chunk)
-    ys, finals = [], []
-    for d in range(xs.shape[1]):
-        w_layer, w_iter, bias = _kernel_weights(kind, w, [d])
-        x = xs[:, d]
-        if padded is not None:
-            gate_weights = jnp.asarray(_LSTM_PADDING_WEIGHT, w_layer.dtype)[:, None, None]
-            column = jnp.repeat(gate_weights, w_layer.shape[2], axis=1)[None]  # (1, 4, H, 1)
-            # The LSTM's extra input column: 1 in padded steps.
-            w_layer, x = jnp.concatenate([w_layer, column], -1), jnp.concatenate([x, padded.astype(x.dtype)], -1)
-        y, final = _run(rnn, w_layer, w_iter, bias, x, tuple(s[d : d + 1] for s in state0))
-        ys.append(y)
-        finals.append(final)
-    ys = jnp.stack(ys, 1)
-    finals = tuple(jnp.concatenate(parts) for parts in zip(*finals))
+    w_layer, w_iter, bias = _kernel_weights(kind, w, range(xs.shape[1]))
+    if mask is not None and kind == "lstm":
+        # The LSTM's extra input column: 1 in padded steps.
+        padded = jnp.broadcast_to(~mask[:, :1], (*xs.shape[:3], 1)).astype(xs.dtype)  # (T, D, B, 1)
+        gate_weights = jnp.asarray(_LSTM_PADDING_WEIGHT, w_layer.dtype)[:, None, None]
+        column = jnp.broadcast_to(gate_weights, (*w_layer.shape[:3], 1))  # (D, 4, H, 1)
+        w_layer, xs = jnp.concatenate([w_layer, column], -1), jnp.concatenate([xs, padded], -1)
+    ys, finals = _run(rnn, w_layer, w_iter, bias, xs, state0)
     if mask is None:
         return ys, finals
     last = mask[:, 0, :, 0].sum(0) - 1  # (B,) each sequence's last valid step
