@@ -181,13 +181,14 @@ def test_pallas_bfloat16_matches_the_scan(kind, rng):
 
 
 @onednn_platform
-def test_onednn_forward_serves_any_number_of_backwards():
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_onednn_forward_serves_any_number_of_backwards(bidirectional):
     """A backward takes its forward's workspace and gives it back to the pool; a second
     backward of the same forward (a vjp called again) runs the forward again, for the same
-    gradients."""
-    params, x = _lstm_params(), X
+    gradients (bidirectional: each direction's, side by side)."""
+    params, x, width = _lstm_params(bidirectional=bidirectional), X, 16 if bidirectional else 8
     _, vjp = jax.vjp(lambda p: F.lstm(p, x, implementation="onednn")[0], params)
-    cotangent = jnp.linspace(-1, 1, 3 * 2 * 8, dtype=jnp.float32).reshape(3, 2, 8)
+    cotangent = jnp.linspace(-1, 1, 3 * 2 * width, dtype=jnp.float32).reshape(3, 2, width)
     first, second = (jax.block_until_ready(vjp(cotangent)) for _ in range(2))
     jax.tree.map(np.testing.assert_array_equal, first, second)
     assert not _onednn._onednn().workspaces

@@ -513,10 +513,10 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer, w_iter, bias, x
         ldigo = {DIFF + arg: worker.packed(DIFF + arg, dnn.layout(pd, SRC)[1])
                  for arg, (pd, _) in primitives.unpacks.items()}
         if workspace is None:
-            outputs = (DST, DST_ITER, DST_ITER_C)[: 1 + n]
-            scratch = [_empty(dnn.layout(primitives.forward[0], arg)[1]) for arg in outputs]
-            workspace = _run_forward(worker, primitives, scratch[0], scratch[1:], arrays[W_LAYER], arrays[W_ITER],
-                                     arrays[BIAS], x_part, [s[d] for s in state])
+            pd = primitives.forward[0]
+            scratch = [_empty(dnn.layout(pd, arg)[1]) for arg in (DST, DST_ITER, DST_ITER_C)[: n + 1]]
+            workspace = _run_forward(worker, primitives, scratch[0], scratch[1:], w_layer[d], w_iter[d], bias[d],
+                                     x_part, [s[d] for s in state])
         try:
             worker.execute(*primitives.backward, arrays | {WORKSPACE: workspace} | ldigo)
         finally:
