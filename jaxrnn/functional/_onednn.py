@@ -137,8 +137,8 @@ class _Worker:
     XLA calls back from any of its threads, each of which would get an OpenMP team of its own,
     and with more OpenMP threads than cores OpenMP stops spinning at its barriers (an LSTM step
     has several): 21 ms instead of 9 for an LSTM forward at B=32, T=100, H=128. So oneDNN runs
-    only on workers, whose threads add up to the cores, and a host call hands each its whole
-    part of the work at once (`_OneDNN.run`).
+    only on workers, those of one host call at a time, whose threads add up to the cores; the
+    call hands each its whole part of the work at once (`_OneDNN.run`).
     """
 
     def __init__(self, dnn: _OneDNN, threads: int):
@@ -230,6 +230,7 @@ class _OneDNN:
         threads = lib.omp_get_max_threads()
         self.worker = _Worker(self, threads)
         self.pair = [_Worker(self, threads // 2) for _ in range(2)] if threads >= 2 else []
+        self.cores = threading.Lock()  # held by the host call whose workers run (`run`)
         self.layouts: dict[int, dict[int, tuple[ctypes.c_void_p, int]]] = {}  # see `layout`
         self.handles = itertools.count()
         # Workers and XLA's threads take and give back workspaces at once: under this lock.
@@ -253,12 +254,13 @@ class _OneDNN:
         directions = (_LEFT2RIGHT, _RIGHT2LEFT) if shared_input else (_LEFT2RIGHT,) * D
         return [_Part(w, slice(d, d + 1), direction) for d, (w, direction) in enumerate(zip(workers, directions))]
 
-    @staticmethod
-    def run(fn, parts: list[_Part], *arguments) -> list:
+    def run(self, fn, parts: list[_Part], *arguments) -> list:
         """`fn(part, *its arguments)` for each part on its worker, all at once (`arguments`:
-        lists of one argument per part); their results."""
-        futures = [part.worker.executor.submit(fn, part, *args) for part, *args in zip(parts, *arguments)]
-        return [future.result() for future in futures]
+        lists of one argument per part); their results. Host calls that XLA makes at once run
+        one after the other: the workers of one have the cores to themselves."""
+        with self.cores:
+            futures = [part.worker.executor.submit(fn, part, *args) for part, *args in zip(parts, *arguments)]
+            return [future.result() for future in futures]
 
     def take_workspace(self, nbytes: int) -> np.ndarray:
         with self.pool:
@@ -534,8 +536,7 @@ def _host_call(host_fn, result_shapes, *args):
     """`host_fn(outputs, *args)` on numpy views of XLA's own buffers, which hands its oneDNN
     calls to the workers (`_Worker`): it writes its outputs in place, so nothing is copied in or
     out (`pure_callback` copied every output: 0.9 ms for 1.6 MB, and took 77 us a call against
-    14 us). Host calls that XLA makes at once (two directions of a layer) run one after the other
-    on a worker.
+    14 us). Host calls that XLA makes at once run one after the other (`_OneDNN.run`).
 
     The calls declare no side effect, though a training forward holds its workspace for the
     backward: a jitted function with effects takes JAX's Python dispatch, 0.3 ms a call of an
