@@ -127,6 +127,19 @@ def test_onednn_bidirectional_layer_without_lengths_is_one_call():
     assert jaxpr.count("buffer_callback") == 2 * 2 and " rev[" not in jaxpr  # a forward and a backward per layer
 
 
+@onednn_platform
+@pytest.mark.parametrize("kind, backward", [("lstm", "remat"), ("gru", "fused")])
+def test_onednn_bidirectional_layer_one_direction_after_the_other_matches_torch(kind, backward, rng, monkeypatch):
+    """With `seq_lengths` each direction reads an input of its own, and runs side by side (the
+    other tests' sizes) or, as a larger step does, one after the other on all cores."""
+    share_out(False, monkeypatch)
+    row = dict(
+        kind=kind, num_layers=2, bidirectional=True, bias=True, batch_first=True, proj=False,
+        unbatched=False, h0=True, seq_lengths=True, dtype="float32", backward=backward, frontend="functional",
+    )
+    check_layer_against_torch(row, rng, implementation="onednn")
+
+
 # Max difference of a kernel's bfloat16 from the scan's (oneDNN, measured: outputs and states
 # equal for LSTM and RNN, one bfloat16 ulp, 3.9e-3, for GRU; gradients 6.6e-3 to 8.3e-3 of the
 # largest). Triton's, not yet measured, is held to the same.
