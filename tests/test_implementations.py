@@ -48,13 +48,18 @@ def test_pallas_matches_torch(row, rng):
     check_layer_against_torch(row, rng, **kernel_sizes(row), implementation="pallas")
 
 
+def bidirectional_row(kind: str, **options) -> dict:
+    """A configuration row of a bidirectional layer: functional, with `h0`, `options` changed."""
+    return dict(
+        kind=kind, num_layers=2, bidirectional=True, bias=True, batch_first=False, proj=False,
+        unbatched=False, h0=True, seq_lengths=False, dtype="float32", backward="fused", frontend="functional",
+    ) | options
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_pallas_blocks_of_the_batch_match_torch(kind, rng):
     """A batch of 48 runs as three programs of 16 rows per direction."""
-    row = dict(
-        kind=kind, num_layers=1, bidirectional=True, bias=True, batch_first=False, proj=False,
-        unbatched=False, h0=True, seq_lengths=True, dtype="float64", backward="fused", frontend="functional",
-    )
+    row = bidirectional_row(kind, num_layers=1, seq_lengths=True, dtype="float64")
     sizes = kernel_sizes(row) | dict(T=3, B=48, LENGTHS=rng.integers(1, 4, 48))
     check_layer_against_torch(row, rng, **sizes, implementation="pallas")
 
@@ -111,16 +116,13 @@ def test_onednn_bidirectional_layer_without_lengths_matches_torch(kind, bias, si
     """Both ways of running both directions in one host call: oneDNN's `bidirectional_concat`
     on all cores, and its two directions side by side, writing their halves of `y` in place."""
     share_out(side_by_side, monkeypatch)
-    row = dict(
-        kind=kind, num_layers=2, bidirectional=True, bias=bias, batch_first=False, proj=False,
-        unbatched=False, h0=True, seq_lengths=False, dtype="float32", backward="fused", frontend="functional",
-    )
-    check_layer_against_torch(row, rng, implementation="onednn")
+    check_layer_against_torch(bidirectional_row(kind, bias=bias), rng, implementation="onednn")
 
 
 @onednn_platform
 def test_onednn_bidirectional_layer_without_lengths_is_one_call():
-    """oneDNN's `bidirectional_concat`, forward and backward: nothing is reversed or
+    """A bidirectional layer without lengths is one host call forward and one backward (both
+    directions side by side, or oneDNN's `bidirectional_concat`): nothing is reversed or
     concatenated outside it."""
     grad = jax.grad(lambda p: F.lstm(p, X, implementation="onednn")[0].sum())
     jaxpr = str(jax.make_jaxpr(grad)(_lstm_params(num_layers=2, bidirectional=True)))
@@ -133,10 +135,7 @@ def test_onednn_bidirectional_layer_one_direction_after_the_other_matches_torch(
     """With `seq_lengths` each direction reads an input of its own, and runs side by side (the
     other tests' sizes) or, as a larger step does, one after the other on all cores."""
     share_out(False, monkeypatch)
-    row = dict(
-        kind=kind, num_layers=2, bidirectional=True, bias=True, batch_first=True, proj=False,
-        unbatched=False, h0=True, seq_lengths=True, dtype="float32", backward=backward, frontend="functional",
-    )
+    row = bidirectional_row(kind, batch_first=True, seq_lengths=True, backward=backward)
     check_layer_against_torch(row, rng, implementation="onednn")
 
 
