@@ -92,13 +92,17 @@ def test_onednn_matches_torch(row, rng):
     check_layer_against_torch(row, rng, implementation="onednn")
 
 
-def share_out(side_by_side: bool, monkeypatch) -> None:
+def share_out(side_by_side: bool, monkeypatch, split_batch: bool = False) -> None:
     """Run a bidirectional layer's two directions side by side (on the pair of workers), or as
-    one oneDNN call: the sizes of the tests are all small enough for the first."""
+    one oneDNN call: the sizes of the tests are all small enough for the first. With
+    `split_batch`, a one-way layer's inference runs its sequences in two halves on the pair from
+    two sequences on (the tests' batches are below `SPLIT_MIN_BATCH`)."""
     if not side_by_side:
         monkeypatch.setattr(_onednn, "SIDE_BY_SIDE_MAX_STEP", 0)
     elif not _onednn._onednn().pair:
         pytest.skip("side by side needs two cores")
+    if split_batch:
+        monkeypatch.setattr(_onednn, "SPLIT_MIN_BATCH", 2)
 
 
 def workspace_size(T: int, direction: int) -> int:
@@ -137,6 +141,23 @@ def test_onednn_bidirectional_layer_one_direction_after_the_other_matches_torch(
     share_out(False, monkeypatch)
     row = bidirectional_row(kind, batch_first=True, seq_lengths=True, backward=backward)
     check_layer_against_torch(row, rng, implementation="onednn")
+
+
+@onednn_platform
+@pytest.mark.parametrize("kind, seq_lengths", [("rnn_relu", True), ("lstm", False), ("lstm", True), ("gru", True)])
+def test_onednn_inference_runs_the_sequences_in_two_halves_and_matches_torch(kind, seq_lengths, rng, monkeypatch):
+    """Where no gradient is taken, here `remat`'s forward, a one-way layer's sequences run in
+    two halves side by side (2 and 3 of 5), each writing its rows of the outputs and final
+    states in place; the backward runs them all at once."""
+    share_out(True, monkeypatch, split_batch=True)
+    shares = []
+    parts = _onednn._OneDNN.parts
+    monkeypatch.setattr(_onednn._OneDNN, "parts", lambda *a, **kw: shares.append(parts(*a, **kw)) or shares[-1])
+    row = bidirectional_row(kind, bidirectional=False, seq_lengths=seq_lengths, backward="remat")
+    check_layer_against_torch(row, rng, B=5, LENGTHS=np.array([5, 2, 4, 1, 3]), implementation="onednn")
+    halves = [[part.batch for part in share] for share in shares if len(share) == 2]
+    assert halves and all(h == [slice(0, 2), slice(2, 5)] for h in halves)
+    assert any(share[0].batch == slice(None) for share in shares)  # the backward's
 
 
 # Max difference of a kernel's bfloat16 from the scan's (oneDNN, measured: outputs and states

@@ -4,8 +4,9 @@ These are the kernels torch's own CPU LSTM runs. XLA:CPU runs each step of a `la
 core; oneDNN spreads every step over all of them, which is where torch's CPU LSTM gets its
 speed. Each layer is one host call into oneDNN's C API (through ctypes, so nothing is compiled
 at install time), of both directions where it has two: where a step is small, side by side on
-half of the cores each, else one after the other on all of them, or as one oneDNN call where
-both read the same input (`_OneDNN.parts`):
+half of the cores each (and in inference, a one-way layer's sequences in two halves), else one
+after the other on all of them, or as one oneDNN call where both read the same input
+(`_OneDNN.parts`):
 
 - forward inference when no gradient is taken;
 - under differentiation, forward training, whose workspace (every step's gates and states) stays
@@ -55,13 +56,18 @@ from ._spec import RecurrentSpec
 
 DISTRIBUTION = "onednn-cpu-gomp"
 POOL_BYTES = 2**30
-# A bidirectional layer runs its two directions side by side, each on half of the cores, where a
-# step of one direction (`h @ W_hh^T`) is this many multiply-adds or fewer: a step too small to
-# share out over the cores without their waiting at its barriers. On 2 cores that measured
-# 0.86-1.04x the time of the two directions on all cores in most readings (LSTM, GRU and RNN at
-# B=32, H=128 and B=8, H=256, RNN at B=16, H=512; one of 1.14 in turns of 0.82-1.29), and up to
-# 1.26x beyond it (B=64, H=512): the figures are in docs/implementations.md.
+# Where a step (`h @ W_hh^T`) is this many multiply-adds or fewer, too small to share out over
+# the cores without their waiting at its barriers, a layer's call runs on the pair of workers,
+# each on half of the cores: a bidirectional layer's two directions side by side, and in
+# inference a one-way layer's sequences in two halves, if it has SPLIT_MIN_BATCH or more. On 2
+# cores, the directions side by side measured 0.86-1.04x the time of both on all cores in most
+# readings (LSTM, GRU and RNN at B=32, H=128 and B=8, H=256, RNN at B=16, H=512; one of 1.14 in
+# turns of 0.82-1.29), and up to 1.26x beyond the bound (B=64, H=512); the sequences in halves
+# 0.85-0.99x the forward on all cores from B=16 to 64 (1.01 at LSTM B=64, H=128 and B=32,
+# H=256) but 1.04-1.08x for LSTM and RNN at B=4 and 8, and 0.95-1.17x forward+backward at B=16
+# and 32 (median 1.07): a training forward runs on all cores. The figures are in docs/implementations.md.
 SIDE_BY_SIDE_MAX_STEP = 2**23
+SPLIT_MIN_BATCH = 16
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 GRU_ORDER = (1, 0, 2)  # torch's (reset, update, candidate) as oneDNN's (update, reset, candidate)
 
@@ -185,23 +191,28 @@ class _Worker:
 
 
 class _Part(NamedTuple):
-    """What one worker runs of a layer's host call: the layer's directions `directions` (a
-    slice), in oneDNN's `direction`, on its views of the call's arrays (`x`, `y`)."""
+    """What one worker runs of a layer's host call: the layer's directions `directions` and its
+    sequences `batch` (slices), in oneDNN's `direction`, on its views of the call's arrays."""
 
     worker: _Worker
     directions: slice
     direction: int
+    batch: slice = slice(None)
 
     def x(self, x: np.ndarray) -> np.ndarray:
         """`x` (or its gradient) as this part reads it: `(T, B, I)` is every direction's,
         `(T, D, B, I)` holds each direction's own."""
-        return x if x.ndim == 3 else x[:, self.directions.start]
+        return x[:, self.batch] if x.ndim == 3 else x[:, self.directions.start, self.batch]
 
     def y(self, y: np.ndarray, H: int) -> np.ndarray:
         """This part's outputs (or their gradient) in `y`: its directions' columns of `(T, B,
         D * H)` (oneDNN's layout of a bidirectional layer), or its direction's `(T, D, B, H)`."""
         d = self.directions
-        return y[:, :, d.start * H : d.stop * H] if y.ndim == 3 else y[:, d.start]
+        return y[:, self.batch, d.start * H : d.stop * H] if y.ndim == 3 else y[:, d.start, self.batch]
+
+    def state(self, state: np.ndarray) -> np.ndarray:
+        """This part's of a `(D, B, H)` state (or its gradient)."""
+        return state[self.directions, self.batch]
 
 
 class _OneDNN:
@@ -241,13 +252,18 @@ class _OneDNN:
         # the oldest go beyond POOL_BYTES (shapes change, and each shape has its size).
         self.free: collections.deque[np.ndarray] = collections.deque()
 
-    def parts(self, kind: str, D: int, B: int, H: int, shared_input: bool) -> list[_Part]:
-        """How a layer's call of `D` directions is shared out: two directions side by side on
-        the pair of workers where that measured faster (`SIDE_BY_SIDE_MAX_STEP`), else on the
-        one worker, as one call where they read one input (oneDNN's `bidirectional_concat`,
-        the second direction right to left), else one after the other (each left to right on
-        an input of its own)."""
-        side_by_side = D == 2 and self.pair and B * GATES[kind] * H * H <= SIDE_BY_SIDE_MAX_STEP
+    def parts(self, kind: str, D: int, B: int, H: int, shared_input: bool, training: bool) -> list[_Part]:
+        """How a layer's call of `D` directions is shared out. Where a step is small
+        (`SIDE_BY_SIDE_MAX_STEP`), on the pair of workers: two directions side by side, or, in
+        inference, one direction's sequences in two halves (`SPLIT_MIN_BATCH`). Else on the
+        one worker: as one call where two directions read one input (oneDNN's
+        `bidirectional_concat`, the second direction right to left), else one after the other
+        (each left to right on an input of its own)."""
+        small = self.pair and B * GATES[kind] * H * H <= SIDE_BY_SIDE_MAX_STEP
+        if D == 1 and small and not training and B >= SPLIT_MIN_BATCH:
+            halves = slice(0, B // 2), slice(B // 2, B)
+            return [_Part(w, slice(0, 1), _LEFT2RIGHT, batch) for w, batch in zip(self.pair, halves)]
+        side_by_side = D == 2 and small
         if shared_input and not side_by_side:
             return [_Part(self.worker, slice(0, D), _DIRECTIONS[D])]
         workers = self.pair if side_by_side else [self.worker] * D
@@ -465,10 +481,10 @@ def _host_forward(kind, activation, training, dtype, outputs, w_layer, w_iter, b
     def forward(part):
         d, x_part, y_part = part.directions, part.x(x), part.y(y, H)
         primitives = _part_primitives(part, kind, activation, training, dtype, x_part, y_part, H)
-        return _run_forward(part.worker, primitives, y_part, [f[d] for f in final],
-                            w_layer[d], w_iter[d], bias[d], x_part, [s[d] for s in state])
+        return _run_forward(part.worker, primitives, y_part, [part.state(f) for f in final],
+                            w_layer[d], w_iter[d], bias[d], x_part, [part.state(s) for s in state])
 
-    workspaces = dnn.run(forward, dnn.parts(kind, D, B, H, shared_input=x.ndim == 3))
+    workspaces = dnn.run(forward, dnn.parts(kind, D, B, H, x.ndim == 3, training))
     if training:
         outputs[-1][...] = dnn.hold(tuple(workspaces))
 
@@ -485,7 +501,7 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer, w_iter, bias, x
     D, B, H = state[0].shape
     dnn = _onednn()
     shared_input = x.ndim == 3
-    parts = dnn.parts(kind, D, B, H, shared_input)
+    parts = dnn.parts(kind, D, B, H, shared_input, training=True)
     held = dnn.take_held(int(handle))
     if held is None or len(held) != len(parts):
         # Let go (`_OneDNN.hold`), or taken by another backward of the same forward: a `vjp`
@@ -510,7 +526,7 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer, w_iter, bias, x
             DIFF + SRC: part.x(d_x), DIFF + BIAS: d_bias[d], DIFF + DST: part.y(d_y, H),
         }
         for first, group in states:
-            arrays |= dict(zip((first, first + 1), (a[d] for a in group)))  # h, then LSTM's c
+            arrays |= dict(zip((first, first + 1), map(part.state, group)))  # h, then LSTM's c
         # The weight gradients as oneDNN writes them, by execution argument id.
         ldigo = {DIFF + arg: worker.packed(DIFF + arg, dnn.layout(pd, SRC)[1])
                  for arg, (pd, _) in primitives.unpacks.items()}
@@ -518,7 +534,7 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer, w_iter, bias, x
             pd = primitives.forward[0]
             scratch = [_empty(dnn.layout(pd, arg)[1]) for arg in (DST, DST_ITER, DST_ITER_C)[: n + 1]]
             workspace = _run_forward(worker, primitives, scratch[0], scratch[1:], w_layer[d], w_iter[d], bias[d],
-                                     x_part, [s[d] for s in state])
+                                     x_part, list(map(part.state, state)))
         try:
             worker.execute(*primitives.backward, arrays | {WORKSPACE: workspace} | ldigo)
         finally:
