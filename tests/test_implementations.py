@@ -166,10 +166,11 @@ def test_onednn_inference_runs_the_sequences_in_two_halves_and_matches_torch(kin
 BFLOAT16_BOUNDS = dict(outputs=1e-2, gradients=2e-2)
 
 
-def check_bfloat16_against_the_scan(kind, implementation, rng, bounds, B=9, hidden_size=8, remat=False, lengths=True):
-    """Outputs, final states and every gradient of a 2-layer bidirectional layer (with lengths),
+def check_bfloat16_against_the_scan(kind, implementation, rng, bounds, B=9, hidden_size=8, remat=False, lengths=True,
+                                    bidirectional=True):
+    """Outputs, final states and every gradient of a 2-layer layer (bidirectional, with lengths),
     in bfloat16 under `implementation` (with `remat`), against the scan's in bfloat16."""
-    spec = RecurrentSpec(kind, 5, hidden_size, num_layers=2, bidirectional=True)
+    spec = RecurrentSpec(kind, 5, hidden_size, num_layers=2, bidirectional=bidirectional)
     params = spec.init(jax.random.key(0))
     x = rng.standard_normal((7, B, 5)).astype(np.float32)
     fn = {"lstm": F.lstm, "gru": F.gru, "rnn": F.rnn}[kind]
@@ -201,6 +202,15 @@ def test_onednn_bfloat16_matches_the_scan(kind, remat, lengths, rng):
     matmul (a GRU's h, which the scan keeps in float32, too). With `remat`, the gradients
     cross the chunks and add up in float32."""
     check_bfloat16_against_the_scan(kind, "onednn", rng, BFLOAT16_BOUNDS, remat=remat, lengths=lengths)
+
+
+@onednn_platform
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_onednn_bfloat16_inference_in_two_halves_matches_the_scan(kind, rng, monkeypatch):
+    """`remat`'s forward runs a one-way layer's sequences in two halves (4 and 5 of 9), each on
+    its views of the bfloat16 bits of x, y and h and of LSTM's float32 c."""
+    share_out(True, monkeypatch, split_batch=True)
+    check_bfloat16_against_the_scan(kind, "onednn", rng, BFLOAT16_BOUNDS, remat=3, bidirectional=False)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
