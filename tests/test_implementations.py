@@ -168,7 +168,7 @@ BFLOAT16_BOUNDS = dict(outputs=1e-2, gradients=2e-2)
 
 def check_bfloat16_against_the_scan(kind, implementation, rng, bounds, B=9, hidden_size=8, remat=False, lengths=True,
                                     bidirectional=True):
-    """Outputs, final states and every gradient of a 2-layer layer (bidirectional, with lengths),
+    """Outputs, final states and every gradient of two layers (bidirectional, with lengths),
     in bfloat16 under `implementation` (with `remat`), against the scan's in bfloat16."""
     spec = RecurrentSpec(kind, 5, hidden_size, num_layers=2, bidirectional=bidirectional)
     params = spec.init(jax.random.key(0))

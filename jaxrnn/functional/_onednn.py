@@ -65,7 +65,8 @@ POOL_BYTES = 2**30
 # turns of 0.82-1.29), and up to 1.26x beyond the bound (B=64, H=512); the sequences in halves
 # 0.85-0.99x the forward on all cores from B=16 to 64 (1.01 at LSTM B=64, H=128 and B=32,
 # H=256) but 1.04-1.08x for LSTM and RNN at B=4 and 8, and 0.95-1.17x forward+backward at B=16
-# and 32 (median 1.07): a training forward runs on all cores. The figures are in docs/implementations.md.
+# and 32 (median 1.07), so a training forward runs on all cores. The figures are in
+# docs/implementations.md.
 SIDE_BY_SIDE_MAX_STEP = 2**23
 SPLIT_MIN_BATCH = 16
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
