@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from matrix import ONEDNN_PLATFORM
 
 import jaxrnn
 from jaxrnn import functional as F
@@ -78,11 +79,15 @@ def test_linen_params_of_another_configuration_are_refused():
         jaxrnn.LSTM(4, 5).apply(variables, jnp.ones((4, 2, 4)))
 
 
-def test_traced_seq_lengths_are_clipped_not_checked():
-    """Under jit lengths cannot be checked: out-of-range values are clipped to [0, T]."""
-    run = jax.jit(lambda lengths: F.gru(GRU, X, seq_lengths=lengths))
+@pytest.mark.parametrize("implementation", [
+    "xla", pytest.param("onednn", marks=pytest.mark.skipif(not ONEDNN_PLATFORM, reason="oneDNN runs on x86-64 Linux"))])
+def test_traced_seq_lengths_are_clipped_not_checked(implementation):
+    """Under jit lengths cannot be checked: out-of-range values are clipped to [0, T], and a
+    sequence of length 0 has zero outputs and keeps its initial state."""
+    hx = jnp.full((1, 2, 5), 0.5, jnp.float32)
+    run = jax.jit(lambda lengths: F.gru(GRU, X, hx, seq_lengths=lengths, implementation=implementation))
     output, h_n = run(jnp.array([9, 0]))
-    full, h_full = F.gru(GRU, X)
-    np.testing.assert_array_equal(output[:, 0], full[:, 0])
-    np.testing.assert_array_equal(h_n[:, 0], h_full[:, 0])
-    assert np.all(output[:, 1] == 0) and np.all(h_n[:, 1] == 0)
+    full, h_full = F.gru(GRU, X, hx)
+    np.testing.assert_allclose(output[:, 0], full[:, 0], atol=1e-6)
+    np.testing.assert_allclose(h_n[:, 0], h_full[:, 0], atol=1e-6)
+    assert np.all(output[:, 1] == 0) and np.all(h_n[:, 1] == hx[:, 1])

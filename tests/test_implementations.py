@@ -160,6 +160,30 @@ def test_onednn_inference_runs_the_sequences_in_two_halves_and_matches_torch(kin
     assert any(share[0].batch == slice(None) for share in shares)  # the backward's
 
 
+@onednn_platform
+def test_onednn_relu_rnn_padding_that_would_overflow_gives_finite_gradients():
+    """Past a sequence's end a relu RNN's h would grow 4x a step up to inf, and the weight
+    gradients would take inf times the padding's zero gradient: oneDNN's padding sets h to 0,
+    and the outputs, h_n and every gradient are the scan's (which holds h there)."""
+    params = RecurrentSpec("rnn", 4, 8, nonlinearity="relu").init(jax.random.key(0))
+    params = dict(params, weight_hh_l0=4 * jnp.eye(8, dtype=jnp.float32), bias_ih_l0=jnp.ones(8, jnp.float32))
+    x, seq_lengths = jnp.full((80, 2, 4), 0.1, jnp.float32), jnp.array([3, 5])
+
+    def loss(params, implementation):
+        outputs = F.rnn(params, x, seq_lengths=seq_lengths, nonlinearity="relu", implementation=implementation)
+        return sum(o.sum() for o in outputs), outputs
+
+    run = jax.jit(loss, static_argnums=1)  # the loops' own forwards, no gradient taken
+    grad = jax.jit(jax.grad(lambda p, implementation: loss(p, implementation)[0]), static_argnums=1)
+    for got, want in zip(jax.tree.leaves(run(params, "onednn")[1]), jax.tree.leaves(run(params, "xla")[1])):
+        assert np.isfinite(got).all() and np.isfinite(want).all()
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    expected = grad(params, "xla")
+    for name, got in grad(params, "onednn").items():
+        assert np.isfinite(got).all(), name
+        np.testing.assert_allclose(got, expected[name], rtol=1e-5, err_msg=name)
+
+
 # Max difference of a kernel's bfloat16 from the scan's (oneDNN, measured: outputs and states
 # equal for LSTM and RNN, one bfloat16 ulp, 3.9e-3, for GRU; gradients 6.6e-3 to 8.3e-3 of the
 # largest). Triton's, not yet measured, is held to the same.

@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.buffer_callback import buffer_callback
 
+from ._recurrence import read_off_padding
 from ._spec import RecurrentSpec
 
 DISTRIBUTION = "onednn-cpu-gomp"
@@ -749,10 +750,18 @@ def bidirectional_layer_onednn(math_key, w, x, state0):
     return _run(functools.partial(_rnn, kind, activation), *_kernel_weights(kind, w, range(2)), x, state0)
 
 
-# An input column that is 1 in padded steps, with this weight on LSTM's (i, f, g, o) gates:
-# there i = sigmoid(-1e4) and f = sigmoid(1e4) round to 0 and 1 in float32 (and their slopes to
-# 0), so c passes through unchanged, and so does its gradient.
-_LSTM_PADDING_WEIGHT = (-1e4, 1e4, 0.0, 0.0)
+def _padding_weights(kind: str, activation: str, dtype) -> tuple[float, ...] | None:
+    """The weights on each gate of an input column that is 1 in padded steps, or None where the
+    padding needs none. LSTM's (i, f, g, o): there i = sigmoid(-1e4) and f = sigmoid(1e4)
+    round to 0 and 1 (and their slopes to 0), so c passes through unchanged, and so does its
+    gradient. A relu RNN's: the most negative float, so that h is 0 there; else its steps
+    could grow without bound past a sequence's end, up to inf, which the weight gradients
+    multiply by the padding's zero gradient (NaN). tanh and GRU states stay bounded."""
+    if kind == "lstm":
+        return (-1e4, 1e4, 0.0, 0.0)
+    if kind == "rnn" and activation == "relu":
+        return (float(jnp.finfo(dtype).min),)
+    return None
 
 
 def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask, *, chunk: int | None = None):
@@ -762,10 +771,11 @@ def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask, *, chunk
 
     oneDNN has no per-sequence lengths. With a mask it runs over the padding too, which
     `run_layer` has zeroed and which comes after each sequence's valid steps in both directions:
-    the outputs there are set to 0 and `h_n` is read off the last valid step's output. An
-    LSTM's `c_n` is in no output, so an extra input column holds `c` fixed in padded steps (its
-    input and forget gates saturate to 0 and 1), and the final `c` is `c_n`. Autodiff of
-    all this gives the padding no gradient, as the scan's masked steps do.
+    the outputs there are set to 0 and `h_n` is read off the last valid step's output
+    (`read_off_padding`). An LSTM's `c_n` is in no output, so an extra input column holds `c`
+    fixed in padded steps (its input and forget gates saturate to 0 and 1), and the final `c`
+    is `c_n`; a relu RNN's sets `h` to 0 there (`_padding_weights`). Autodiff of all this gives
+    the padding no gradient, as the scan's masked steps do.
     """
     kind, activation = math_key
     if chunk is None:
@@ -773,16 +783,11 @@ def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask, *, chunk
     else:
         rnn = functools.partial(_rnn_remat, kind, activation, chunk)
     w_layer, w_iter, bias = _kernel_weights(kind, w, range(xs.shape[1]))
-    if mask is not None and kind == "lstm":
-        # The LSTM's extra input column: 1 in padded steps.
+    gate_weights = None if mask is None else _padding_weights(kind, activation, w_layer.dtype)
+    if gate_weights is not None:  # the extra input column: 1 in padded steps
         padded = jnp.broadcast_to(~mask[:, :1], (*xs.shape[:3], 1)).astype(xs.dtype)  # (T, D, B, 1)
-        gate_weights = jnp.asarray(_LSTM_PADDING_WEIGHT, w_layer.dtype)[:, None, None]
-        column = jnp.broadcast_to(gate_weights, (*w_layer.shape[:3], 1))  # (D, 4, H, 1)
+        gate_weights = jnp.asarray(gate_weights, w_layer.dtype)[:, None, None]
+        column = jnp.broadcast_to(gate_weights, (*w_layer.shape[:3], 1))  # (D, G, H, 1)
         w_layer, xs = jnp.concatenate([w_layer, column], -1), jnp.concatenate([xs, padded], -1)
     ys, finals = _run(rnn, w_layer, w_iter, bias, xs, state0)
-    if mask is None:
-        return ys, finals
-    last = mask[:, 0, :, 0].sum(0) - 1  # (B,) each sequence's last valid step
-    ys = jnp.where(mask, ys, 0)
-    h_n = ys[last, :, jnp.arange(ys.shape[2])].swapaxes(0, 1).astype(state0[0].dtype)
-    return ys, (h_n, *finals[1:])
+    return (ys, finals) if mask is None else read_off_padding(ys, finals, state0, mask)

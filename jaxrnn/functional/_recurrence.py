@@ -251,6 +251,19 @@ def _hoists_forward_only(math_key, w: LoopWeights, xs) -> bool:
     return jax.default_backend() == "cpu" and (one_core or mixed) and D * B * gates >= PREFETCH_MIN_SIZE
 
 
+def read_off_padding(ys, final, state0, mask):
+    """`(ys, final)` of a loop that also ran over the padding, made what the masked loop gives:
+    the outputs 0 past each sequence's length, and `h_n` that of its last valid step (the
+    initial `h` where it has none). The padding comes after each sequence's valid steps in
+    every direction (the reverse one's inputs are reversed per sequence), so no valid step read
+    it. The rest of `final` (LSTM's `c`) comes as it is: the caller has held it fixed."""
+    valid = mask[:, 0, :, 0].sum(0)  # (B,) each sequence's number of valid steps
+    ys = jnp.where(mask, ys, 0)
+    h_n = ys[jnp.maximum(valid - 1, 0), :, jnp.arange(ys.shape[2])].swapaxes(0, 1)  # (D, B, H_out)
+    h_n = jnp.where(valid[:, None] > 0, h_n, state0[0])
+    return ys, (h_n.astype(state0[0].dtype), *final[1:])
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def recurrence(math_key, unroll, precision, w: LoopWeights, xs, state0, mask):
     """Run one layer's loop; returns `(ys, final_state)`. See the module docstring for shapes."""
