@@ -52,9 +52,21 @@ def test_layer_matches_torch(row, rng):
     check_layer_against_torch(row, rng)
 
 
-def check_layer_against_torch(row, rng, T=T, B=B, INPUT=INPUT, HIDDEN=HIDDEN, LENGTHS=LENGTHS, **knobs):
-    """Compare one configuration `row` (see matrix.OPTIONS) with torch at the given sizes;
-    `knobs` go to the layer as keyword arguments."""
+INFERENCE_ROWS = covering_rows(dict(OPTIONS, seq_lengths=[True], backward=["fused", "remat"]), FRONTENDS, strength=2)
+
+
+@pytest.mark.parametrize("row", INFERENCE_ROWS, ids=row_id)
+def test_inference_with_lengths_matches_torch(row, rng):
+    """Where no gradient is taken, the loop's own forward runs, not the one under autodiff: RNN
+    and GRU layers run over the padding unmasked and read `h_n` off the outputs."""
+    check_layer_against_torch(row, rng, inference=True)
+
+
+def check_layer_against_torch(row, rng, T=T, B=B, INPUT=INPUT, HIDDEN=HIDDEN, LENGTHS=LENGTHS, inference=False,
+                              **knobs):
+    """Compare one configuration `row` (see matrix.OPTIONS) with torch at the given sizes:
+    outputs, final states and (unless `inference`) every gradient; `knobs` go to the layer as
+    keyword arguments."""
     spec, dtype = spec_of(row, INPUT, HIDDEN), np.dtype(row["dtype"])
     module = torch_module(spec, batch_first=row["batch_first"], dtype=dtype)
     params = numpy_state_dict(module)
@@ -74,17 +86,23 @@ def check_layer_against_torch(row, rng, T=T, B=B, INPUT=INPUT, HIDDEN=HIDDEN, LE
     backward = {"fused": {}, "autodiff": {"fused_backward": False}, "remat": {"remat": 2}}[row["backward"]]
     fn = layer_fn(row["frontend"], spec, batch_first=row["batch_first"], **backward, **knobs)
     jax_hx = hx if hx is None or spec.kind == "lstm" else hx[0]
-    (_, outputs), (d_params, d_x, d_hx) = loss_and_grads(fn, params, x, jax_hx, seq_lengths, weights)
+    if inference:
+        outputs = jax.tree.leaves(jax.jit(lambda p, x, hx: fn(p, x, hx, seq_lengths))(params, x, jax_hx))
+    else:
+        (_, outputs), grads = loss_and_grads(fn, params, x, jax_hx, seq_lengths, weights)
 
+    assert len(outputs) == len(expected)
     for name, actual, want in zip(("output", "h_n", "c_n"), outputs, expected):
         assert_close(actual, want, name)
-    assert set(d_params) == set(expected_grads) - {"x", "hx"}
-    for name, grad in d_params.items():
-        assert_close(grad, expected_grads[name], f"d {name}")
-    assert_close(d_x, expected_grads["x"], "d x")
-    if hx is not None:
-        for actual, want in zip(d_hx if spec.kind == "lstm" else (d_hx,), expected_grads["hx"]):
-            assert_close(actual, want, "d hx")
+    if not inference:
+        d_params, d_x, d_hx = grads
+        assert set(d_params) == set(expected_grads) - {"x", "hx"}
+        for name, grad in d_params.items():
+            assert_close(grad, expected_grads[name], f"d {name}")
+        assert_close(d_x, expected_grads["x"], "d x")
+        if hx is not None:
+            for actual, want in zip(d_hx if spec.kind == "lstm" else (d_hx,), expected_grads["hx"]):
+                assert_close(actual, want, "d hx")
     if seq_lengths is not None:  # torch zeroes padding; check it is exactly zero here too
         output = np.asarray(outputs[0])
         valid = np.arange(T)[:, None] < np.atleast_1d(seq_lengths)

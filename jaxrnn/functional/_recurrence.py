@@ -266,9 +266,20 @@ def read_off_padding(ys, final, state0, mask):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def recurrence(math_key, unroll, precision, w: LoopWeights, xs, state0, mask):
-    """Run one layer's loop; returns `(ys, final_state)`. See the module docstring for shapes."""
+    """Run one layer's loop; returns `(ys, final_state)`. See the module docstring for shapes.
+
+    Where no gradient is taken, RNN and GRU layers run their padding unmasked (every step a
+    select less, `read_off_padding`): with `seq_lengths`, B=32, T=100, H=128, RNN 3.24 -> 2.57
+    ms and GRU 7.6 -> 7.9; B=8, T=500, H=256, RNN 12.0 -> 11.1 and GRU 40 -> 26 (its
+    projection inside the step, which the selects slowed down). An LSTM's `c_n` is in no
+    output, so it masks as before (B=8, T=500, H=256: 42.9 against 41.8 unmasked). Under
+    differentiation the padding stays masked, as unmasked steps there could overflow (a relu
+    RNN) and send 0 * inf into the weight gradients."""
     hoist = _hoists_forward_only(math_key, w, xs)
-    return _forward(math_key, unroll, precision, w, xs, state0, mask, keep_residuals=False, hoist=hoist)[0]
+    if mask is None or math_key[0] == "lstm":
+        return _forward(math_key, unroll, precision, w, xs, state0, mask, keep_residuals=False, hoist=hoist)[0]
+    ys, final = _forward(math_key, unroll, precision, w, xs, state0, None, keep_residuals=False, hoist=hoist)[0]
+    return read_off_padding(ys, final, state0, mask)
 
 
 def _recurrence_fwd(math_key, unroll, precision, w, xs, state0, mask):
