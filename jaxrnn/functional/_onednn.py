@@ -213,7 +213,7 @@ class _Part(NamedTuple):
         return y[:, self.batch, d.start * H : d.stop * H] if y.ndim == 3 else y[:, d.start, self.batch]
 
     def state(self, state: np.ndarray) -> np.ndarray:
-        """This part's of a `(D, B, H)` state (or its gradient)."""
+        """This part's directions and sequences of a `(D, B, H)` state (or of its gradient)."""
         return state[self.directions, self.batch]
 
 
