@@ -378,14 +378,14 @@ def test_onednn_vmaps_one_call_per_member():
         ("lstm", 8, dict(dtype=jnp.bfloat16), True),
         ("lstm", 2, {}, False),  # too few sequences to share a step out
         ("rnn", 8, {}, False),  # too narrow (hidden_size 8)
-        ("lstm", 8, dict(seq_lengths=np.full(8, 3)), True),
+        ("lstm", 8, dict(seq_lengths=np.full(8, 3)), True),  # the padded length counts
         ("lstm", 8, dict(remat=True), True),
         ("gru", 8, dict(fused_backward=False), False),
     ],
 )
 def test_auto_runs_onednn_where_it_measured_faster(kind, batch, options, runs_onednn):
     params = RecurrentSpec(kind, 4, 8).init(jax.random.key(0), jnp.float32)
-    x = jax.random.normal(jax.random.key(1), (3, batch, 4), jnp.float32)
+    x = jax.random.normal(jax.random.key(1), (_onednn.PREFERRED_MIN_STEPS, batch, 4), jnp.float32)
     fn = {"lstm": F.lstm, "gru": F.gru, "rnn": F.rnn}[kind]
     jaxpr = str(jax.make_jaxpr(lambda p, x: fn(p, x, implementation="auto", **options))(params, x))
     assert ("buffer_callback" in jaxpr) == runs_onednn
@@ -398,9 +398,20 @@ def test_auto_runs_onednn_where_it_measured_faster(kind, batch, options, runs_on
 
 
 @onednn_platform
-@pytest.mark.parametrize("hidden_size, runs_onednn", [(128, False), (256, True)])
-def test_auto_prefers_onednn_for_wide_rnn_layers_only(hidden_size, runs_onednn):
-    assert _onednn.preferred(RecurrentSpec("rnn", 4, hidden_size), jnp.float32, 8) == runs_onednn
+@pytest.mark.parametrize(
+    "kind, hidden_size, steps, runs_onednn",
+    [
+        ("rnn", 128, 100, False),  # RNN layers: wide ones only
+        ("rnn", 256, 100, True),
+        ("gru", 256, 15, False),  # short sequences: the scan
+        ("gru", 8, 16, True),
+        ("lstm", 255, 15, False),
+        ("lstm", 256, 8, True),  # a wide LSTM from 8 steps
+        ("lstm", 256, 7, False),
+    ],
+)
+def test_auto_prefers_onednn_for_wide_layers_and_long_enough_sequences(kind, hidden_size, steps, runs_onednn):
+    assert _onednn.preferred(RecurrentSpec(kind, 4, hidden_size), jnp.float32, 8, steps) == runs_onednn
 
 
 @onednn_platform

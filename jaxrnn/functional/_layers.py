@@ -145,7 +145,7 @@ def run_layer(
         x = jnp.where(valid[..., None], x, 0)
     params = {k: jnp.asarray(v, dtype) for k, v in params.items()}
     if implementation == "auto":
-        implementation = "onednn" if fused_backward and _onednn.preferred(spec, dtype, B) else "xla"
+        implementation = "onednn" if fused_backward and _onednn.preferred(spec, dtype, B, T) else "xla"
     if implementation == "cudnn":
         if chunk is not None:
             raise ValueError("implementation='cudnn' keeps its own residuals; remat needs 'xla', 'pallas' or 'onednn'")

@@ -109,15 +109,25 @@ def _unsupported(spec: RecurrentSpec, dtype) -> list[str]:
 # float32 but 1.04-1.19x in bfloat16, and 1.04-1.23x with `seq_lengths` under
 # differentiation in both.
 PREFERRED_MIN_BATCH = 8
-PREFERRED_MIN_RNN_HIDDEN = 256
+PREFERRED_WIDE_HIDDEN = 256
+# oneDNN's call costs 0.2-0.5 ms more than the scan's at any length (the hand-offs, the weights'
+# reorders), which a short sequence does not make up. oneDNN's time over the scan's at 4, 8, 16
+# and 32 steps, forward, in two sweeps (`benchmarks/auto_steps.py`): LSTM B=32, H=128
+# 1.44-1.47, 1.33-1.41, 0.89-1.06, 0.71-0.72; GRU B=8, H=128 1.75-1.87, 1.45-1.78, 1.09-1.32,
+# 0.92-1.00; RNN B=32, H=256 1.75-1.93, 1.33-1.49, 1.12-1.28, 1.03-1.08. A wide LSTM gains from
+# 8 steps (0.70-1.03 forward and forward+backward at B=8 and 32, H=256 and 512).
+PREFERRED_MIN_STEPS = 16
+PREFERRED_MIN_STEPS_WIDE_LSTM = 8
 
 
-def preferred(spec: RecurrentSpec, dtype, batch: int) -> bool:
+def preferred(spec: RecurrentSpec, dtype, batch: int, steps: int) -> bool:
     """Whether `implementation="auto"` runs oneDNN: where it is installed, supports the call and
-    measured faster than the scan (LSTM and GRU layers of 8 sequences or more; RNN layers too
-    where `hidden_size` is 256 or more)."""
-    wide = spec.kind != "rnn" or spec.hidden_size >= PREFERRED_MIN_RNN_HIDDEN
-    fits = wide and batch >= PREFERRED_MIN_BATCH
+    measured faster than the scan (LSTM and GRU layers of 8 sequences or more, RNN layers too
+    where `hidden_size` is 256 or more; over 16 steps or more, an LSTM of `hidden_size` 256 or
+    more over 8)."""
+    wide = spec.hidden_size >= PREFERRED_WIDE_HIDDEN
+    min_steps = PREFERRED_MIN_STEPS_WIDE_LSTM if spec.kind == "lstm" and wide else PREFERRED_MIN_STEPS
+    fits = (spec.kind != "rnn" or wide) and batch >= PREFERRED_MIN_BATCH and steps >= min_steps
     return fits and not _unsupported(spec, dtype) and _distribution() is not None
 
 

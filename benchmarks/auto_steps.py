@@ -1,0 +1,53 @@
+"""Time `implementation="onednn"` against the default scan on short sequences, on this CPU.
+
+    python benchmarks/auto_steps.py
+
+oneDNN's call costs a few tenths of a millisecond more than the scan's at any length, which a
+short sequence does not make up; `implementation="auto"` keeps the scan below the number of
+steps where this sweep finds oneDNN faster (`PREFERRED_MIN_STEPS` in jaxrnn/functional/_onednn.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from peers import _jax_runner  # noqa: E402
+from run import interleaved_turns, median_ms  # noqa: E402  (sets the device and thread count first)
+
+# isort: split
+import jax  # noqa: E402
+
+from jaxrnn import functional as F  # noqa: E402
+from jaxrnn.functional import RecurrentSpec  # noqa: E402
+
+STEPS = (4, 8, 16, 32)
+ROWS = [("lstm", 8, 128), ("lstm", 32, 128), ("lstm", 8, 256), ("lstm", 32, 256), ("gru", 8, 128),
+        ("gru", 32, 128), ("gru", 8, 256), ("rnn", 8, 256), ("rnn", 32, 256)]  # (kind, B, H = input)
+
+
+def runner(kind: str, B: int, T: int, H: int, backward: bool, implementation: str):
+    layer = {"lstm": F.lstm, "gru": F.gru, "rnn": F.rnn}[kind]
+    params = RecurrentSpec(kind, H, H).init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (T, B, H))
+    return _jax_runner(lambda p, x, n: layer(p, x, implementation=implementation)[0], params, x, None, backward)
+
+
+def main():
+    print("oneDNN's median time over the scan's (the scan's ms), per number of steps T")
+    for kind, B, H in ROWS:
+        for backward in (False, True):
+            cells = []
+            for T in STEPS:
+                runs = {impl: runner(kind, B, T, H, backward, impl) for impl in ("xla", "onednn")}
+                for run in runs.values():
+                    run()  # compiles
+                ms = median_ms(interleaved_turns(runs, repeats=15))
+                cells.append(f"T={T}: {ms['onednn'] / ms['xla']:.2f} ({ms['xla']:.2f})")
+            mode = "fwd+bwd" if backward else "fwd"
+            print(f"{kind.upper()} B={B} H={H} {mode}: " + " | ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
