@@ -3,9 +3,9 @@
 Compiling small XLA programs dominates the suite's time, so they are compiled at XLA's backend
 optimisation level 0: LLVM's code generation unoptimised, XLA's own graph passes and the matmul
 libraries as ever. On 2 cores that took the suite from 8:11 to 5:57, and every test passes at
-either level. An `--xla_backend_optimization_level` already in
-`XLA_FLAGS` is kept: `XLA_FLAGS=--xla_backend_optimization_level=3 python -m pytest` runs the
-suite on the code that users' calls compile to.
+either level. An `--xla_backend_optimization_level` already in `XLA_FLAGS` is kept:
+`XLA_FLAGS=--xla_backend_optimization_level=3 python -m pytest` runs the suite on the code
+that users' calls compile to.
 """
 
 import os
