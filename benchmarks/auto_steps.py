@@ -1,10 +1,12 @@
-"""Time `implementation="onednn"` against the default scan on short sequences, on this CPU.
+"""Time `implementation="onednn"` against the default scan on short sequences and small steps,
+on this CPU.
 
     python benchmarks/auto_steps.py
 
 oneDNN's call costs a few tenths of a millisecond more than the scan's at any length, which a
-short sequence does not make up; `implementation="auto"` keeps the scan below the number of
-steps where this sweep finds oneDNN faster (`PREFERRED_MIN_STEPS` in jaxrnn/functional/_onednn.py).
+short sequence does not make up, and a small step gains nothing from a second core;
+`implementation="auto"` keeps the scan where this sweep finds it faster (`PREFERRED_MIN_STEPS`
+and `PREFERRED_MIN_WORK` in jaxrnn/functional/_onednn.py).
 """
 
 from __future__ import annotations
@@ -22,9 +24,14 @@ import jax  # noqa: E402
 from jaxrnn import functional as F  # noqa: E402
 from jaxrnn.functional import RecurrentSpec  # noqa: E402
 
-STEPS = (4, 8, 16, 32)
-ROWS = [("lstm", 8, 128), ("lstm", 32, 128), ("lstm", 8, 256), ("lstm", 32, 256), ("gru", 8, 128),
-        ("gru", 32, 128), ("gru", 8, 256), ("rnn", 8, 256), ("rnn", 32, 256)]  # (kind, B, H = input)
+STEPS = (4, 8, 16, 32, 100)
+ROWS = [  # (kind, B, H = input)
+    ("lstm", 8, 128), ("lstm", 32, 128), ("lstm", 8, 256), ("lstm", 32, 256), ("gru", 8, 128), ("gru", 32, 128),
+    ("gru", 8, 256), ("rnn", 8, 256), ("rnn", 32, 256),
+    # Small steps, whose work (T * B * gates * H * H) reaches PREFERRED_MIN_WORK over 85-683 steps
+    ("lstm", 8, 32), ("lstm", 8, 64), ("lstm", 32, 32),
+    ("gru", 8, 32), ("gru", 8, 64), ("gru", 32, 32), ("gru", 64, 32),
+]
 
 
 def runner(kind: str, B: int, T: int, H: int, backward: bool, implementation: str):

@@ -377,15 +377,15 @@ def test_onednn_vmaps_one_call_per_member():
         ("gru", 8, {}, True),
         ("lstm", 8, dict(dtype=jnp.bfloat16), True),
         ("lstm", 2, {}, False),  # too few sequences to share a step out
-        ("rnn", 8, {}, False),  # too narrow (hidden_size 8)
+        ("rnn", 8, {}, False),  # too narrow (hidden_size 192)
         ("lstm", 8, dict(seq_lengths=np.full(8, 3)), True),  # the padded length counts
         ("lstm", 8, dict(remat=True), True),
         ("gru", 8, dict(fused_backward=False), False),
     ],
 )
 def test_auto_runs_onednn_where_it_measured_faster(kind, batch, options, runs_onednn):
-    params = RecurrentSpec(kind, 4, 8).init(jax.random.key(0), jnp.float32)
-    x = jax.random.normal(jax.random.key(1), (_onednn.PREFERRED_MIN_STEPS, batch, 4), jnp.float32)
+    params = RecurrentSpec(kind, 4, 192).init(jax.random.key(0), jnp.float32)
+    x = jax.random.normal(jax.random.key(1), (32, batch, 4), jnp.float32)
     fn = {"lstm": F.lstm, "gru": F.gru, "rnn": F.rnn}[kind]
     jaxpr = str(jax.make_jaxpr(lambda p, x: fn(p, x, implementation="auto", **options))(params, x))
     assert ("buffer_callback" in jaxpr) == runs_onednn
@@ -404,7 +404,11 @@ def test_auto_runs_onednn_where_it_measured_faster(kind, batch, options, runs_on
         ("rnn", 128, 100, False),  # RNN layers: wide ones only
         ("rnn", 256, 100, True),
         ("gru", 256, 15, False),  # short sequences: the scan
-        ("gru", 8, 16, True),
+        ("gru", 256, 16, True),
+        ("gru", 128, 42, False),  # too little work: 42 * 8 * 3 * 128 * 128 multiply-adds < 2^24
+        ("gru", 128, 43, True),
+        ("lstm", 64, 127, False),
+        ("lstm", 64, 128, True),  # 128 * 8 * 4 * 64 * 64 = 2^24
         ("lstm", 255, 15, False),
         ("lstm", 256, 8, True),  # a wide LSTM from 8 steps
         ("lstm", 256, 7, False),

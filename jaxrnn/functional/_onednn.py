@@ -111,23 +111,30 @@ def _unsupported(spec: RecurrentSpec, dtype) -> list[str]:
 PREFERRED_MIN_BATCH = 8
 PREFERRED_WIDE_HIDDEN = 256
 # oneDNN's call costs 0.2-0.5 ms more than the scan's at any length (the hand-offs, the weights'
-# reorders), which a short sequence does not make up. oneDNN's time over the scan's at 4, 8, 16
-# and 32 steps, forward, in two sweeps (`benchmarks/auto_steps.py`): LSTM B=32, H=128
-# 1.44-1.47, 1.33-1.41, 0.89-1.06, 0.71-0.72; GRU B=8, H=128 1.75-1.87, 1.45-1.78, 1.09-1.32,
-# 0.92-1.00; RNN B=32, H=256 1.75-1.93, 1.33-1.49, 1.12-1.28, 1.03-1.08. A wide LSTM gains from
-# 8 steps (0.70-1.03 forward and forward+backward at B=8 and 32, H=256 and 512).
+# reorders), which a short sequence does not make up, and a small step gains little from the
+# second core. oneDNN's time over the scan's at 4, 8, 16 and 32 steps, forward, in three
+# sweeps (the last two by `benchmarks/auto_steps.py`): LSTM B=32, H=128 1.44-1.56, 0.89-1.41,
+# 0.89-1.17, 0.71-0.74; GRU B=8, H=128 1.75-1.87, 1.45-1.78, 1.09-1.32, 0.92-1.00; RNN B=32,
+# H=256 1.59-1.93, 1.33-1.58, 1.12-1.28, 0.95-1.08. Small steps lose for longer: LSTM B=8, H=64
+# 1.23 at 32 steps, 0.96 at 100; GRU B=64, H=32 1.40 and 0.72; GRU B=8, H=64 1.19 at 100. So
+# oneDNN takes layers of 16 steps or more whose recurrent matmuls (`T * B * gates * H * H`)
+# add up to 2^24 multiply-adds or more. A wide LSTM gains from 8 steps (0.65-1.07 forward and
+# 0.67-1.03 forward+backward, B=8 and 32, H=256 and 512).
 PREFERRED_MIN_STEPS = 16
 PREFERRED_MIN_STEPS_WIDE_LSTM = 8
+PREFERRED_MIN_WORK = 2**24
 
 
 def preferred(spec: RecurrentSpec, dtype, batch: int, steps: int) -> bool:
     """Whether `implementation="auto"` runs oneDNN: where it is installed, supports the call and
     measured faster than the scan (LSTM and GRU layers of 8 sequences or more, RNN layers too
     where `hidden_size` is 256 or more; over 16 steps or more, an LSTM of `hidden_size` 256 or
-    more over 8)."""
-    wide = spec.hidden_size >= PREFERRED_WIDE_HIDDEN
+    more over 8; 2^24 multiply-adds or more in the recurrent matmuls)."""
+    H = spec.hidden_size
+    wide = H >= PREFERRED_WIDE_HIDDEN
     min_steps = PREFERRED_MIN_STEPS_WIDE_LSTM if spec.kind == "lstm" and wide else PREFERRED_MIN_STEPS
     fits = (spec.kind != "rnn" or wide) and batch >= PREFERRED_MIN_BATCH and steps >= min_steps
+    fits = fits and steps * batch * GATES[spec.kind] * H * H >= PREFERRED_MIN_WORK
     return fits and not _unsupported(spec, dtype) and _distribution() is not None
 
 
