@@ -15,14 +15,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peers import _jax_runner  # noqa: E402
+from peers import functional_runner  # noqa: E402
 from run import interleaved_turns, median_ms  # noqa: E402  (sets the device and thread count first)
-
-# isort: split
-import jax  # noqa: E402
-
-from jaxrnn import functional as F  # noqa: E402
-from jaxrnn.functional import RecurrentSpec  # noqa: E402
 
 STEPS = (4, 8, 16, 32, 100)
 ROWS = [  # (kind, B, H = input)
@@ -34,20 +28,13 @@ ROWS = [  # (kind, B, H = input)
 ]
 
 
-def runner(kind: str, B: int, T: int, H: int, backward: bool, implementation: str):
-    layer = {"lstm": F.lstm, "gru": F.gru, "rnn": F.rnn}[kind]
-    params = RecurrentSpec(kind, H, H).init(jax.random.key(0))
-    x = jax.random.normal(jax.random.key(1), (T, B, H))
-    return _jax_runner(lambda p, x, n: layer(p, x, implementation=implementation)[0], params, x, None, backward)
-
-
 def main():
     print("oneDNN's median time over the scan's (the scan's ms), per number of steps T")
     for kind, B, H in ROWS:
         for backward in (False, True):
             cells = []
             for T in STEPS:
-                runs = {impl: runner(kind, B, T, H, backward, impl) for impl in ("xla", "onednn")}
+                runs = {i: functional_runner(kind, B, T, H, backward, implementation=i) for i in ("xla", "onednn")}
                 for run in runs.values():
                     run()  # compiles
                 ms = median_ms(interleaved_turns(runs, repeats=15))

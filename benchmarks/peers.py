@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import jaxrnn
+from jaxrnn import functional as F
 from jaxrnn.convert import module_from_torch
 from jaxrnn.functional._cudnn import pack_weights
 from jaxrnn.functional._onednn import DATA_TYPES
@@ -68,6 +69,15 @@ def _jax_runner(apply, params, x, lengths, backward: bool):
     else:
         fn = jax.jit(lambda p, x: apply(p, x, lengths))
     return lambda: jax.block_until_ready(fn(params, x))
+
+
+def functional_runner(kind: str, B: int, T: int, H: int, backward: bool, **options):
+    """`_jax_runner` of jaxrnn's functional layer `kind` (`H` features in and out) with `options`,
+    on random weights and a random `(T, B, H)` input."""
+    layer = {"lstm": F.lstm, "gru": F.gru, "rnn": F.rnn}[kind]
+    params = RecurrentSpec(kind, H, H).init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (T, B, H))
+    return _jax_runner(lambda p, x, n: layer(p, x, seq_lengths=n, **options)[0], params, x, None, backward)
 
 
 def jaxrnn_runner(module: torch.nn.Module, x, lengths, backward: bool, implementation: str | None = None):

@@ -12,32 +12,22 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peers import _jax_runner  # noqa: E402
+from peers import functional_runner  # noqa: E402
 from run import interleaved_turns, median_ms  # noqa: E402  (sets the device and thread count first)
 
 # isort: split
 import jax  # noqa: E402
-
-from jaxrnn import functional as F  # noqa: E402
-from jaxrnn.functional import RecurrentSpec  # noqa: E402
 
 UNROLLS = (1, 2, 4, 8, 16)
 ROWS = [("lstm", 32, 100, 128), ("lstm", 1, 1000, 64), ("lstm", 8, 500, 256), ("lstm", 64, 50, 512),
         ("gru", 32, 100, 128), ("gru", 1, 1000, 64), ("rnn", 32, 100, 128), ("rnn", 1, 1000, 64)]
 
 
-def runner(kind: str, B: int, T: int, H: int, backward: bool, unroll: int):
-    layer = {"lstm": F.lstm, "gru": F.gru, "rnn": F.rnn}[kind]
-    params = RecurrentSpec(kind, H, H).init(jax.random.key(0))
-    x = jax.random.normal(jax.random.key(1), (T, B, H))
-    return _jax_runner(lambda p, x, n: layer(p, x, seq_lengths=n, unroll=unroll)[0], params, x, None, backward)
-
-
 def main():
     print(f"{jax.devices()[0].device_kind}: median ms per unroll")
     for kind, B, T, H in ROWS:
         for backward in (False, True):
-            runs = {u: runner(kind, B, T, H, backward, u) for u in UNROLLS}
+            runs = {u: functional_runner(kind, B, T, H, backward, unroll=u) for u in UNROLLS}
             for run in runs.values():
                 run()  # compiles
             ms = median_ms(interleaved_turns(runs, repeats=9))
