@@ -155,7 +155,7 @@ def measure(row, repeats: int, rng, dtype: str) -> dict:
     result["best"] = min(result[name] for name in OURS if name in result)
     if not GPU:  # `implementation="auto"`: the measured time of the implementation it picks here
         spec = RecurrentSpec(kind, H, H, num_layers, bidirectional=bidirectional)
-        auto = "jaxrnn onednn" if preferred(spec, jnp.dtype(dtype), B, T) else "jaxrnn"
+        auto = "jaxrnn onednn" if preferred(spec, jnp.dtype(dtype), B, T, backward) else "jaxrnn"
         if auto in result:
             result["auto"] = result[auto]
             # Each turn's ratio (medians of its calls): how far the machine moves the row's ratio.

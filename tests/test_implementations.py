@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -398,24 +399,52 @@ def test_auto_runs_onednn_where_it_measured_faster(kind, batch, options, runs_on
 
 
 @onednn_platform
+def test_auto_chooses_with_and_without_a_gradient_apart():
+    """Over 12 steps oneDNN's forward alone is too short to gain, its forward and backward not:
+    "auto" runs the scan where no gradient is taken and oneDNN's training calls where one is."""
+    params = RecurrentSpec("gru", 4, 192).init(jax.random.key(0), jnp.float32)
+    x = jax.random.normal(jax.random.key(1), (12, 8, 4), jnp.float32)
+
+    def loss(p, x, implementation):
+        output, h_n = F.gru(p, x, implementation=implementation)
+        return (output**2).sum() + h_n.sum()
+
+    def forward(p, x, implementation):
+        return F.gru(p, x, implementation=implementation)
+
+    grad = jax.grad(loss, argnums=(0, 1))
+    assert "buffer_callback" not in str(jax.make_jaxpr(functools.partial(forward, implementation="auto"))(params, x))
+    assert "buffer_callback" in str(jax.make_jaxpr(functools.partial(grad, implementation="auto"))(params, x))
+    for fn, picked in ((forward, "xla"), (grad, "onednn")):
+        got, expected = (jax.jit(fn, static_argnums=2)(params, x, i) for i in ("auto", picked))
+        for actual, want in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+            np.testing.assert_array_equal(actual, want)
+
+
+@onednn_platform
 @pytest.mark.parametrize(
-    "kind, hidden_size, steps, runs_onednn",
+    "kind, hidden_size, steps, training, runs_onednn",
     [
-        ("rnn", 128, 100, False),  # RNN layers: wide ones only
-        ("rnn", 256, 100, True),
-        ("gru", 256, 15, False),  # short sequences: the scan
-        ("gru", 256, 16, True),
-        ("gru", 128, 42, False),  # too little work: 42 * 8 * 3 * 128 * 128 multiply-adds < 2^24
-        ("gru", 128, 43, True),
-        ("lstm", 64, 127, False),
-        ("lstm", 64, 128, True),  # 128 * 8 * 4 * 64 * 64 = 2^24
-        ("lstm", 255, 15, False),
-        ("lstm", 256, 8, True),  # a wide LSTM from 8 steps
-        ("lstm", 256, 7, False),
+        ("rnn", 128, 100, False, False),  # RNN layers: wide ones only
+        ("rnn", 128, 100, True, False),
+        ("rnn", 256, 100, False, True),
+        ("gru", 256, 15, False, False),  # short sequences: the scan
+        ("gru", 256, 16, False, True),
+        ("gru", 128, 42, False, False),  # too little work: 42 * 8 * 3 * 128 * 128 multiply-adds < 2^24
+        ("gru", 128, 43, False, True),
+        ("lstm", 64, 127, False, False),
+        ("lstm", 64, 128, False, True),  # 128 * 8 * 4 * 64 * 64 = 2^24
+        ("lstm", 255, 15, False, False),
+        ("lstm", 256, 8, False, True),  # a wide LSTM from 8 steps
+        ("lstm", 256, 7, False, False),
+        ("lstm", 256, 4, True, True),  # under a gradient from 4 steps
+        ("lstm", 256, 3, True, False),
+        ("gru", 128, 21, True, False),  # and 2^23 multiply-adds
+        ("gru", 128, 22, True, True),
     ],
 )
-def test_auto_prefers_onednn_for_wide_layers_and_long_enough_sequences(kind, hidden_size, steps, runs_onednn):
-    assert _onednn.preferred(RecurrentSpec(kind, 4, hidden_size), jnp.float32, 8, steps) == runs_onednn
+def test_auto_prefers_onednn_for_wide_layers_and_long_enough_sequences(kind, hidden_size, steps, training, runs_onednn):
+    assert _onednn.preferred(RecurrentSpec(kind, 4, hidden_size), jnp.float32, 8, steps, training) == runs_onednn
 
 
 @onednn_platform

@@ -144,27 +144,24 @@ def run_layer(
         # the gradients through the masked steps (0 * NaN).
         x = jnp.where(valid[..., None], x, 0)
     params = {k: jnp.asarray(v, dtype) for k, v in params.items()}
-    if implementation == "auto":
-        implementation = "onednn" if fused_backward and _onednn.preferred(spec, dtype, B, T) else "xla"
     if implementation == "cudnn":
         if chunk is not None:
             raise ValueError("implementation='cudnn' keeps its own residuals; remat needs 'xla', 'pallas' or 'onednn'")
         _cudnn.check_supported(spec, dtype, dropout_key is not None and dropout > 0 and spec.num_layers > 1)
         x, state = _cudnn.run_stack(spec, params, x, state0, lengths, precision, _cudnn.lstm_kernel())
     else:
-        math_key = (spec.kind, spec.nonlinearity)
-        whole_layer = None
-        if implementation == "onednn":  # it takes the chunks itself: it cannot be rematerialised
+        if implementation == "onednn":
             _onednn.check_supported(spec, dtype)
-            if spec.bidirectional and lengths is None and chunk is None:
-                whole_layer = functools.partial(_onednn.bidirectional_layer_onednn, math_key)
-            fused, chunk = functools.partial(_onednn.recurrence_onednn, chunk=chunk), None
-        else:
-            fused = {"pallas": recurrence_pallas}.get(implementation, recurrence)
-        loop = functools.partial(fused if fused_backward else recurrence_autodiff, math_key, unroll, precision)
-        x, state = _run_layers(
-            spec, params, x, state0, lengths, mask, loop, chunk, dropout, dropout_key, whole_layer=whole_layer
-        )
+        inference = training = implementation
+        if implementation == "auto":  # its choice can differ with and without a gradient
+            inference, training = (
+                "onednn" if fused_backward and _onednn.preferred(spec, dtype, B, T, t) else "xla" for t in (False, True)
+            )
+        options = (unroll, precision, fused_backward, chunk)
+        run_one_layer = _layer_runner(spec, inference, *options)
+        if training != inference:
+            run_one_layer = by_mode(run_one_layer, _layer_runner(spec, training, *options))
+        x, state = _run_layers(spec, params, x, state0, lengths, mask, run_one_layer, dropout, dropout_key)
     x, state = x.astype(dtype), tuple(s.astype(dtype) for s in state)
     if not batched:
         x, state = x[:, 0], tuple(s[:, 0] for s in state)
@@ -173,31 +170,56 @@ def run_layer(
     return x, (LSTMState(*state) if spec.kind == "lstm" else state[0])
 
 
-def _run_layers(spec, params, x, state0, lengths, mask, loop, chunk, dropout, dropout_key, whole_layer=None):
-    """The layers one after another on time-major `x`, each one `loop` for both directions
-    (the reverse one on its inputs reversed), or `whole_layer(weights, x, state0) -> (outputs,
-    final)` where given, which takes `x` in time order and returns both directions' outputs."""
-    T = x.shape[0]
+def _layer_runner(spec: RecurrentSpec, implementation: str | None, unroll: int, precision, fused_backward: bool, chunk):
+    """`run_one_layer(weights, x, state0, lengths, mask) -> (outputs, final)`: one layer in both
+    directions on time-major `x` by `implementation` ("xla", "pallas" or "onednn"), the reverse
+    direction on its inputs reversed, or as one oneDNN call in time order where it takes both."""
+    math_key = (spec.kind, spec.nonlinearity)
+    whole_layer = None
+    if implementation == "onednn":  # it takes the chunks itself: it cannot be rematerialised
+        if spec.bidirectional and chunk is None:
+            whole_layer = functools.partial(_onednn.bidirectional_layer_onednn, math_key)
+        fused, chunk = functools.partial(_onednn.recurrence_onednn, chunk=chunk), None
+    else:
+        fused = {"pallas": recurrence_pallas}.get(implementation, recurrence)
+    loop = functools.partial(fused if fused_backward else recurrence_autodiff, math_key, unroll, precision)
     D = spec.num_directions
-    finals = []
-    for layer in range(spec.num_layers):
-        weights = _layer_weights(spec, params, layer)
 
-        def run(state, inputs, weights=weights):
+    def run_one_layer(weights, x, state0, lengths, mask):
+        if whole_layer is not None and lengths is None:
+            return whole_layer(weights, x, state0)
+
+        def run(state, inputs):
             x_fwd, x_rev, mask = inputs
             return loop(weights, jnp.stack([x_fwd, x_rev][:D], 1), state, mask)
 
+        inputs = (x, reverse_sequences(x, lengths) if D == 2 else x, mask)
+        ys, final = run(state0, inputs) if chunk is None else _chunked(run, state0, inputs, chunk, x.shape[0])
+        outputs = [ys[:, 0]] + [reverse_sequences(ys[:, 1], lengths)] * (D == 2)
+        return (jnp.concatenate(outputs, -1) if D == 2 else outputs[0]), final
+
+    return run_one_layer
+
+
+def by_mode(inference, training):
+    """`inference(*args)` where no gradient is taken, and `training`'s forward and backward where
+    one is: for `implementation="auto"`, whose choice can differ between the two."""
+
+    @jax.custom_vjp
+    def run(*args):
+        return inference(*args)
+
+    run.defvjp(lambda *args: jax.vjp(training, *args), lambda vjp, cotangents: vjp(cotangents))
+    return run
+
+
+def _run_layers(spec, params, x, state0, lengths, mask, run_one_layer, dropout, dropout_key):
+    """The layers one after another on time-major `x`, each one `run_one_layer` (`_layer_runner`)."""
+    D = spec.num_directions
+    finals = []
+    for layer in range(spec.num_layers):
         layer_state0 = tuple(s[layer * D : (layer + 1) * D] for s in state0)
-        if whole_layer is not None:
-            x, final = whole_layer(weights, x, layer_state0)
-        else:
-            inputs = (x, reverse_sequences(x, lengths) if D == 2 else x, mask)
-            if chunk is None:
-                ys, final = run(layer_state0, inputs)
-            else:
-                ys, final = _chunked(run, layer_state0, inputs, chunk, T)
-            outputs = [ys[:, 0]] + [reverse_sequences(ys[:, 1], lengths)] * (D == 2)
-            x = jnp.concatenate(outputs, -1) if D == 2 else outputs[0]
+        x, final = run_one_layer(_layer_weights(spec, params, layer), x, layer_state0, lengths, mask)
         if dropout_key is not None and dropout > 0 and layer < spec.num_layers - 1:
             x = _dropout(x, dropout, jax.random.fold_in(dropout_key, layer))
         finals.append(final)
