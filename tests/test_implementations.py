@@ -402,15 +402,14 @@ def test_auto_runs_onednn_where_it_measured_faster(kind, batch, options, runs_on
 def test_auto_chooses_with_and_without_a_gradient_apart():
     """Over 12 steps oneDNN's forward alone is too short to gain, its forward and backward not:
     "auto" runs the scan where no gradient is taken and oneDNN's training calls where one is."""
-    params = RecurrentSpec("gru", 4, 192).init(jax.random.key(0), jnp.float32)
+    params = RecurrentSpec("lstm", 4, 192).init(jax.random.key(0), jnp.float32)
     x = jax.random.normal(jax.random.key(1), (12, 8, 4), jnp.float32)
 
-    def loss(p, x, implementation):
-        output, h_n = F.gru(p, x, implementation=implementation)
-        return (output**2).sum() + h_n.sum()
-
     def forward(p, x, implementation):
-        return F.gru(p, x, implementation=implementation)
+        return F.lstm(p, x, implementation=implementation)
+
+    def loss(p, x, implementation):
+        return sum((a**2).sum() for a in jax.tree.leaves(forward(p, x, implementation)))
 
     grad = jax.grad(loss, argnums=(0, 1))
     assert "buffer_callback" not in str(jax.make_jaxpr(functools.partial(forward, implementation="auto"))(params, x))
@@ -428,19 +427,23 @@ def test_auto_chooses_with_and_without_a_gradient_apart():
         ("rnn", 128, 100, False, False),  # RNN layers: wide ones only
         ("rnn", 128, 100, True, False),
         ("rnn", 256, 100, False, True),
-        ("gru", 256, 15, False, False),  # short sequences: the scan
-        ("gru", 256, 16, False, True),
+        ("lstm", 192, 31, False, False),  # short sequences: the scan
+        ("lstm", 192, 32, False, True),
         ("gru", 128, 42, False, False),  # too little work: 42 * 8 * 3 * 128 * 128 multiply-adds < 2^24
         ("gru", 128, 43, False, True),
         ("lstm", 64, 127, False, False),
         ("lstm", 64, 128, False, True),  # 128 * 8 * 4 * 64 * 64 = 2^24
-        ("lstm", 255, 15, False, False),
-        ("lstm", 256, 8, False, True),  # a wide LSTM from 8 steps
+        ("lstm", 255, 8, False, False),
+        ("lstm", 256, 8, False, True),  # a wide LSTM or GRU from 8 steps
+        ("gru", 256, 8, False, False),  # 8 * 8 * 3 * 256 * 256 < 2^24
+        ("gru", 256, 11, False, True),
         ("lstm", 256, 7, False, False),
         ("lstm", 256, 4, True, True),  # under a gradient from 4 steps
         ("lstm", 256, 3, True, False),
-        ("gru", 128, 21, True, False),  # and 2^23 multiply-adds
-        ("gru", 128, 22, True, True),
+        ("lstm", 128, 15, True, False),  # an LSTM from 2^23 multiply-adds
+        ("lstm", 128, 16, True, True),
+        ("gru", 128, 42, True, False),  # the others from 2^24
+        ("gru", 128, 43, True, True),
     ],
 )
 def test_auto_prefers_onednn_for_wide_layers_and_long_enough_sequences(kind, hidden_size, steps, training, runs_onednn):

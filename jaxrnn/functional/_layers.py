@@ -264,7 +264,8 @@ _LAYER_DOC = """
         layer (float32 or bfloat16, no `proj_size`; needs `pip install "jaxrnn[onednn]"`).
         "auto": "onednn" where it is installed, supports the call and measured faster (on
         CPU, LSTM and GRU layers of 8 sequences or more, and RNN layers of 8 or more with
-        `hidden_size` 256 or more), else "xla".
+        `hidden_size` 256 or more, over 32 steps or more without a gradient and 4 or more
+        under one: `_onednn.preferred`), else "xla".
 
     Returns:
       `(output, {ret})`: `output` `(T, B, D * H_out)` (batch_first: `(B, T, D * H_out)`),

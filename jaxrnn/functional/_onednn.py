@@ -113,39 +113,46 @@ PREFERRED_WIDE_HIDDEN = 256
 # oneDNN's call costs 0.2-0.5 ms more than the scan's at any length (the hand-offs, the weights'
 # reorders), which a short sequence does not make up, and a small step gains little from the
 # second core. oneDNN's time over the scan's at 4, 8, 16 and 32 steps, forward, in four
-# sweeps (the last three by `benchmarks/auto_steps.py`): LSTM B=32, H=128 1.29-1.56, 0.89-1.41,
-# 0.89-1.17, 0.71-1.10; GRU B=8, H=128 1.75-1.87, 1.45-2.16, 1.09-1.32, 0.92-1.00; RNN B=32,
-# H=256 1.59-1.93, 1.33-1.66, 1.12-1.70, 0.89-1.08. Small steps lose for longer: LSTM B=8, H=64
-# 1.23-1.41 at 32 steps, 0.96-0.97 at 100; GRU B=64, H=32 1.40-2.28 and 0.72-0.89; GRU B=8, H=64 1.07-1.19
-# at 100. So without a gradient oneDNN takes layers of 16 steps or more whose recurrent matmuls
-# (`T * B * gates * H * H`) add up to 2^24 multiply-adds or more; a wide LSTM gains from 8 steps
-# (0.65-1.07, B=8 and 32, H=256 and 512).
-PREFERRED_MIN_STEPS = 16
-PREFERRED_MIN_STEPS_WIDE_LSTM = 8
+# sweeps (the last three by `benchmarks/auto_steps.py`): LSTM B=32, H=128 1.29-2.01, 0.89-1.41,
+# 0.89-1.23 (1.14 and 1.23 in the last two), 0.71-1.10; GRU B=32, H=128 1.93-2.40, 1.39-1.69,
+# 1.11-1.18, 0.97-1.04 (the last two); RNN B=32, H=256 1.59-2.98, 1.33-1.66, 0.89-1.70, 0.84-1.08.
+# Small steps lose for longer: LSTM B=8, H=64 1.23-1.41 at 32 steps, 0.95-0.97 at 100; GRU
+# B=8, H=64 1.07-1.29 at 100. So without a gradient oneDNN takes layers of 32 steps or more
+# whose recurrent matmuls (`T * B * gates * H * H`) add up to 2^24 multiply-adds or more; a
+# wide LSTM or GRU gains from 8 steps (LSTM 0.65-1.07, B=8 and 32, H=256 and 512; GRU B=8,
+# H=256 0.82-0.97 at 8 steps and 0.71-0.79 at 16 in the last two sweeps; RNN B=8, H=256 1.07-1.59
+# at 8).
+PREFERRED_MIN_STEPS = 32
+PREFERRED_MIN_STEPS_WIDE = 8
 PREFERRED_MIN_WORK = 2**24
-# Under a gradient the scan's backward is slower against oneDNN's than its forward is, so oneDNN
-# gains from shorter sequences; forward+backward over 4, 8, 16 and 32 steps: LSTM B=32, H=128
-# 0.85, 0.68, 0.56, 0.76 (forward 1.29, 1.31, 1.14, 1.10 in the same sweep); GRU B=32, H=128
-# 1.41, 0.95, 0.70, 0.69; RNN B=32, H=256 0.97, 0.78, 0.70, 0.54; LSTM B=8, H=128 1.72, 1.12,
-# 0.81, 0.64; GRU B=8, H=128 1.38, 1.71, 1.17, 0.92. It takes layers of 4 steps or more with
-# 2^23 multiply-adds or more.
+# Under a gradient the scan loses more to oneDNN than in its forward alone, so oneDNN gains
+# from shorter sequences. Forward+backward in the last two sweeps, at 4, 8, 16 and 32 steps:
+# LSTM B=32, H=128 0.70-0.85, 0.68-0.70, 0.48-0.56, 0.67-0.76; LSTM B=8, H=128 at 8 and 16
+# 1.12-1.42 and 0.69-0.81; RNN B=32, H=256 0.90-0.97, 0.71-0.78, 0.60-0.70, 0.54-0.73; GRU B=32,
+# H=128 1.01-1.41, 0.95-1.12, 0.60-0.70, 0.62-0.69. A small LSTM step gains over 100 steps
+# (B=32, H=32 0.75 in both; B=8, H=64 0.77-1.11), a small GRU step does not (B=32, H=32
+# 1.06-1.13; B=8, H=64 1.06-1.16), nor RNN B=8, H=256 over 16 steps (1.05-1.09). So under a
+# gradient oneDNN takes layers of 4 steps or more with 2^24 multiply-adds or more, an LSTM
+# with 2^23.
 PREFERRED_MIN_STEPS_TRAINING = 4
-PREFERRED_MIN_WORK_TRAINING = 2**23
+PREFERRED_MIN_WORK_TRAINING_LSTM = 2**23
 
 
 def preferred(spec: RecurrentSpec, dtype, batch: int, steps: int, training: bool) -> bool:
     """Whether `implementation="auto"` runs oneDNN, without a gradient or (`training`) under one:
     where it is installed, supports the call and measured faster than the scan. LSTM and GRU
-    layers of 8 sequences or more, RNN layers too where `hidden_size` is 256 or more; without a
-    gradient over 16 steps or more (an LSTM of `hidden_size` 256 or more: 8) with 2^24
-    multiply-adds or more in the recurrent matmuls, under one over 4 steps or more with 2^23."""
+    layers of 8 sequences or more, RNN layers too where `hidden_size` is 256 or more, with 2^24
+    multiply-adds or more in the recurrent matmuls; without a gradient over 32 steps or more
+    (an LSTM or GRU of `hidden_size` 256 or more: 8), under one over 4 or more (an LSTM from 2^23
+    multiply-adds)."""
     H = spec.hidden_size
     wide = H >= PREFERRED_WIDE_HIDDEN
+    min_work = PREFERRED_MIN_WORK
     if training:
-        min_steps, min_work = PREFERRED_MIN_STEPS_TRAINING, PREFERRED_MIN_WORK_TRAINING
+        min_steps = PREFERRED_MIN_STEPS_TRAINING
+        min_work = PREFERRED_MIN_WORK_TRAINING_LSTM if spec.kind == "lstm" else min_work
     else:
-        min_steps = PREFERRED_MIN_STEPS_WIDE_LSTM if spec.kind == "lstm" and wide else PREFERRED_MIN_STEPS
-        min_work = PREFERRED_MIN_WORK
+        min_steps = PREFERRED_MIN_STEPS_WIDE if spec.kind != "rnn" and wide else PREFERRED_MIN_STEPS
     fits = (spec.kind != "rnn" or wide) and batch >= PREFERRED_MIN_BATCH and steps >= min_steps
     fits = fits and steps * batch * GATES[spec.kind] * H * H >= min_work
     return fits and not _unsupported(spec, dtype) and _distribution() is not None
