@@ -337,6 +337,39 @@ def test_onednn_workspaces_are_reused(side_by_side, monkeypatch):
 
 
 @onednn_platform
+@pytest.mark.parametrize("kept", [True, False])
+def test_onednn_inference_packs_weights_again_only_when_they_change(kept, monkeypatch):
+    """Inference keeps the weights it packed while their bytes stay the same: two layers of one
+    shape (one reorder) are told apart by their bytes, and a weight changed in one element is
+    packed afresh. With nothing kept (PACKED_BYTES 0), every call packs all four. Every output
+    is the scan's."""
+    dnn = _onednn._onednn()
+    monkeypatch.setattr(dnn.worker, "kept", [])
+    if not kept:
+        monkeypatch.setattr(_onednn, "PACKED_BYTES", 0)
+    reorders = []
+    execute = _onednn._Worker.execute
+
+    def counted(worker, pd, prim, arrays):
+        reorders.append(arrays.keys() == {_onednn.SRC, _onednn.DST})
+        execute(worker, pd, prim, arrays)
+
+    monkeypatch.setattr(_onednn._Worker, "execute", counted)
+    x = jax.random.normal(jax.random.key(1), (3, 2, 8), jnp.float32)
+    forward = {i: jax.jit(lambda p, i=i: F.lstm(p, x, implementation=i)[0]) for i in ("onednn", "xla")}
+    params = RecurrentSpec("lstm", 8, 8, num_layers=2).init(jax.random.key(0), jnp.float32)
+    changed = params | {"weight_hh_l1": params["weight_hh_l1"].at[5, 3].add(0.5)}
+    packed = []
+    for p in (params, params, changed, params):
+        reorders.clear()
+        got = forward["onednn"](p)
+        packed.append(sum(reorders))
+        assert_close(got, forward["xla"](p))
+    assert packed == ([4, 0, 1, 0] if kept else [4] * 4)
+    assert not np.allclose(forward["onednn"](changed), forward["onednn"](params))
+
+
+@onednn_platform
 def test_onednn_remat_holds_one_chunk_of_workspace_and_serves_every_backward():
     """With `remat`, each backward runs oneDNN's training forward again a chunk at a time, so
     only chunk-sized workspaces are made, none is held after it, and a vjp runs any number of

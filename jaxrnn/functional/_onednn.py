@@ -27,8 +27,8 @@ differentiation and `jax.export` do not go through host calls; use "xla" there.
 The host calls work on XLA's own buffers (`buffer_callback`): the outputs are written in place
 and nothing is copied either way. The weights go in torch's own layout, `(G*H, I)` (oneDNN's
 `ldgoi`), and their gradients come back in it: the forward reorders them into its own layout
-on the host each call (they may change between calls), the backward takes them as they are and
-reorders its gradients from oneDNN's `ldigo`. In bfloat16, x, y, h and the weights are
+on the host (inference keeps them so while they stay the same), the backward takes them as they
+are and reorders its gradients from oneDNN's `ldigo`. In bfloat16, x, y, h and the weights are
 bfloat16 and c, the bias and every gradient float32: the scan's mixed precision (its LSTM and
 RNN outputs come out equal); it crosses to the host as uint16 bits, since numpy reads no
 bfloat16 through DLPack. GRU is oneDNN's linear-before-reset GRU, torch's formulation, with the
@@ -57,6 +57,9 @@ from ._spec import RecurrentSpec
 
 DISTRIBUTION = "onednn-cpu-gomp"
 POOL_BYTES = 2**30
+# Inference's packed weights each worker keeps, with a copy of the weights they were packed
+# from, in bytes (`_Worker.packed_weights`).
+PACKED_BYTES = 2**25
 # Where a step (`h @ W_hh^T`) is this many multiply-adds or fewer, too small to share out over
 # the cores without their waiting at its barriers, a layer's call runs on the pair of workers,
 # each on half of the cores: a bidirectional layer's two directions side by side, and in
@@ -192,6 +195,7 @@ class _Worker:
         dnn.check(dnn.lib.dnnl_stream_create(ctypes.byref(self.stream), dnn.engine, _IN_ORDER))
         self.scratchpad = _empty(0)
         self.packs: dict[int, np.ndarray] = {}  # argument id -> buffer of packed weights
+        self.kept: list[_Packed] = []  # inference's packed weights, the latest used last
         # The primitives a worker makes are made for its number of threads (`_primitives`).
         self.executor = concurrent.futures.ThreadPoolExecutor(
             1, "onednn", initializer=dnn.lib.omp_set_num_threads, initargs=(threads,))
@@ -201,6 +205,23 @@ class _Worker:
         if arg not in self.packs or self.packs[arg].nbytes < nbytes:
             self.packs[arg] = _empty(nbytes)
         return self.packs[arg][:nbytes]
+
+    def packed_weights(self, reorder, weights: np.ndarray) -> np.ndarray:
+        """`weights` packed by `reorder` (a `_Primitives.packs` of inference), as an earlier call
+        packed the same bytes, else packed now and kept: a model's weights stay the same from
+        call to call, and comparing them costs a fraction of packing them (256 KB: 6 against
+        60-140 us). The oldest are let go beyond PACKED_BYTES."""
+        pd, prim = reorder
+        for i, kept in enumerate(self.kept):
+            if kept.reorder == pd.value and _same_bytes(kept.source, weights):
+                self.kept.append(self.kept.pop(i))
+                return kept.packed
+        packed = _empty(self.dnn.layout(pd, DST)[1])
+        self.execute(pd, prim, {SRC: weights, DST: packed})
+        self.kept.append(_Packed(pd.value, np.copy(weights), packed))
+        while sum(k.source.nbytes + k.packed.nbytes for k in self.kept) > PACKED_BYTES:
+            self.kept.pop(0)
+        return packed
 
     def execute(self, pd, prim, arrays: dict[int, np.ndarray]) -> None:
         """Run `prim` on `arrays` by execution argument id, each checked against its size (a
@@ -227,6 +248,26 @@ class _Worker:
         finally:
             for memory in memories:
                 dnn.lib.dnnl_memory_destroy(ctypes.c_void_p(memory.memory))
+
+
+class _Packed(NamedTuple):
+    """Weights packed for inference (`_Worker.packed_weights`): by the reorder `pd` (its
+    address), from a copy of their bytes in torch's layout, `source`."""
+
+    reorder: int
+    source: np.ndarray
+    packed: np.ndarray
+
+
+_LIBC = ctypes.CDLL(None)
+
+
+def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether `a` and `b`, `a` contiguous, hold the same bytes (`memcmp`: 6 us for 256 KB,
+    where numpy's comparisons allocate an array of the elements' results)."""
+    if a.shape != b.shape or a.dtype != b.dtype or not b.flags.c_contiguous:
+        return False
+    return _LIBC.memcmp(ctypes.c_void_p(a.ctypes.data), ctypes.c_void_p(b.ctypes.data), ctypes.c_size_t(a.nbytes)) == 0
 
 
 class _Part(NamedTuple):
@@ -463,9 +504,10 @@ def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, dire
     alpha_beta = (ctypes.c_float(0), ctypes.c_float(0)) if kind == "rnn" else ()
     name = {"lstm": "lstm", "gru": "lbr_gru", "rnn": "vanilla_rnn"}[kind]
     # Inference takes the weights in oneDNN's packed layout of choice, training's forward in
-    # `ldigo`: both are reordered into from torch's layout each call (the weights may change
-    # between calls). oneDNN's reorders beat XLA's transposes here (256 KB: 0.03-0.05 against
-    # 0.06-0.13 ms; 4 MB: 0.5-0.7 against 0.7-1.1), and leave XLA nothing to run around the calls.
+    # `ldigo`: both are reordered into from torch's layout, training's each call, inference's
+    # when the weights change (`_Worker.packed_weights`). oneDNN's reorders beat XLA's
+    # transposes here (256 KB: 0.03-0.05 against 0.06-0.13 ms; 4 MB: 0.5-0.7 against 0.7-1.1),
+    # and leave XLA nothing to run around the calls.
     forward = dnn.primitive(
         getattr(lib, f"dnnl_{name}_forward_primitive_desc_create"), dnn.engine,
         _FORWARD_TRAINING if training else _FORWARD_INFERENCE, *rnn, direction,
@@ -490,9 +532,12 @@ def _run_forward(worker: _Worker, primitives: _Primitives, y, final, w_layer, w_
     arrays = {SRC: x, W_LAYER: w_layer, W_ITER: w_iter, BIAS: bias, DST: y}
     arrays |= dict(zip((SRC_ITER, SRC_ITER_C), state)) | dict(zip((DST_ITER, DST_ITER_C), final))  # h, then c
     for arg, (pack_pd, pack) in primitives.packs.items():
-        packed = worker.packed(arg, worker.dnn.layout(pack_pd, DST)[1])
-        worker.execute(pack_pd, pack, {SRC: arrays[arg], DST: packed})
-        arrays[arg] = packed
+        if primitives.backward is None:  # inference: a model's weights stay the same
+            arrays[arg] = worker.packed_weights((pack_pd, pack), arrays[arg])
+        else:  # training: they change at every step
+            packed = worker.packed(arg, worker.dnn.layout(pack_pd, DST)[1])
+            worker.execute(pack_pd, pack, {SRC: arrays[arg], DST: packed})
+            arrays[arg] = packed
     if primitives.backward is None:
         worker.execute(*primitives.forward, arrays)
         return None
