@@ -57,8 +57,14 @@ from ._spec import RecurrentSpec
 
 DISTRIBUTION = "onednn-cpu-gomp"
 POOL_BYTES = 2**30
-# Inference's packed weights each worker keeps, with a copy of the weights they were packed
-# from, in bytes (`_Worker.packed_weights`).
+# Inference keeps the weights it packed, each with a copy of its bytes, and packs them again
+# only when those change (`_Worker.pack`), for weights of up to KEEP_PACKED_MAX_BYTES and up to
+# PACKED_BYTES a worker in all. Comparing 256 KB takes 6 us, packing it 60-140 with its call.
+# Kept at 1 MB (LSTM H=256) and beyond, the kernel ran slower by about what that saved. In
+# A/Bs in one process (against packing every call, medians of 30 turns): LSTM B=32, H=128
+# 0.95x at T=32, 0.98-0.99x at T=100; GRU B=32, T=100, H=128 0.96-0.98x; kept at 1 MB, LSTM
+# B=8, T=8, H=256 1.03-1.05x, at T=500 0.97-0.99x; B=64, T=50, H=512 1.00x.
+KEEP_PACKED_MAX_BYTES = 2**19
 PACKED_BYTES = 2**25
 # Where a step (`h @ W_hh^T`) is this many multiply-adds or fewer, too small to share out over
 # the cores without their waiting at its barriers, a layer's call runs on the pair of workers,
@@ -195,7 +201,7 @@ class _Worker:
         dnn.check(dnn.lib.dnnl_stream_create(ctypes.byref(self.stream), dnn.engine, _IN_ORDER))
         self.scratchpad = _empty(0)
         self.packs: dict[int, np.ndarray] = {}  # argument id -> buffer of packed weights
-        self.kept: list[_Packed] = []  # inference's packed weights, the latest used last
+        self.kept: list[_Packed] = []  # inference's packed weights, the latest used last (`pack`)
         # The primitives a worker makes are made for its number of threads (`_primitives`).
         self.executor = concurrent.futures.ThreadPoolExecutor(
             1, "onednn", initializer=dnn.lib.omp_set_num_threads, initargs=(threads,))
@@ -206,21 +212,23 @@ class _Worker:
             self.packs[arg] = _empty(nbytes)
         return self.packs[arg][:nbytes]
 
-    def packed_weights(self, reorder, weights: np.ndarray) -> np.ndarray:
-        """`weights` packed by `reorder` (a `_Primitives.packs` of inference), as an earlier call
-        packed the same bytes, else packed now and kept: a model's weights stay the same from
-        call to call, and comparing them costs a fraction of packing them (256 KB: 6 against
-        60-140 us). The oldest are let go beyond PACKED_BYTES."""
+    def pack(self, arg: int, reorder, weights: np.ndarray, keep: bool) -> np.ndarray:
+        """`weights` (argument `arg`) packed by `reorder` (`_Primitives.packs`). Where `keep`,
+        as an earlier call packed the same bytes, else packed now and kept, the oldest let go
+        beyond PACKED_BYTES; else into the worker's buffer for `arg`."""
         pd, prim = reorder
-        for i, kept in enumerate(self.kept):
-            if kept.reorder == pd.value and _same_bytes(kept.source, weights):
-                self.kept.append(self.kept.pop(i))
-                return kept.packed
-        packed = _empty(self.dnn.layout(pd, DST)[1])
+        if keep:
+            for i, kept in enumerate(self.kept):
+                if kept.reorder == pd.value and _same_bytes(kept.source, weights):
+                    self.kept.append(self.kept.pop(i))
+                    return kept.packed
+        nbytes = self.dnn.layout(pd, DST)[1]
+        packed = _empty(nbytes) if keep else self.packed(arg, nbytes)
         self.execute(pd, prim, {SRC: weights, DST: packed})
-        self.kept.append(_Packed(pd.value, np.copy(weights), packed))
-        while sum(k.source.nbytes + k.packed.nbytes for k in self.kept) > PACKED_BYTES:
-            self.kept.pop(0)
+        if keep:
+            self.kept.append(_Packed(pd.value, np.copy(weights), packed))
+            while sum(k.source.nbytes + k.packed.nbytes for k in self.kept) > PACKED_BYTES:
+                self.kept.pop(0)
         return packed
 
     def execute(self, pd, prim, arrays: dict[int, np.ndarray]) -> None:
@@ -251,8 +259,8 @@ class _Worker:
 
 
 class _Packed(NamedTuple):
-    """Weights packed for inference (`_Worker.packed_weights`): by the reorder `pd` (its
-    address), from a copy of their bytes in torch's layout, `source`."""
+    """Weights packed for inference (`_Worker.pack`): by the reorder `pd` (its address), from
+    a copy of their bytes in torch's layout, `source`."""
 
     reorder: int
     source: np.ndarray
@@ -505,9 +513,9 @@ def _primitives(kind: str, activation: str, T: int, B: int, I: int, H: int, dire
     name = {"lstm": "lstm", "gru": "lbr_gru", "rnn": "vanilla_rnn"}[kind]
     # Inference takes the weights in oneDNN's packed layout of choice, training's forward in
     # `ldigo`: both are reordered into from torch's layout, training's each call, inference's
-    # when the weights change (`_Worker.packed_weights`). oneDNN's reorders beat XLA's
-    # transposes here (256 KB: 0.03-0.05 against 0.06-0.13 ms; 4 MB: 0.5-0.7 against 0.7-1.1),
-    # and leave XLA nothing to run around the calls.
+    # when the weights change (`_Worker.pack`). oneDNN's reorders beat XLA's transposes here
+    # (256 KB: 0.03-0.05 against 0.06-0.13 ms; 4 MB: 0.5-0.7 against 0.7-1.1), and leave XLA
+    # nothing to run around the calls.
     forward = dnn.primitive(
         getattr(lib, f"dnnl_{name}_forward_primitive_desc_create"), dnn.engine,
         _FORWARD_TRAINING if training else _FORWARD_INFERENCE, *rnn, direction,
@@ -531,13 +539,10 @@ def _run_forward(worker: _Worker, primitives: _Primitives, y, final, w_layer, w_
     workspace in training, else None."""
     arrays = {SRC: x, W_LAYER: w_layer, W_ITER: w_iter, BIAS: bias, DST: y}
     arrays |= dict(zip((SRC_ITER, SRC_ITER_C), state)) | dict(zip((DST_ITER, DST_ITER_C), final))  # h, then c
-    for arg, (pack_pd, pack) in primitives.packs.items():
-        if primitives.backward is None:  # inference: a model's weights stay the same
-            arrays[arg] = worker.packed_weights((pack_pd, pack), arrays[arg])
-        else:  # training: they change at every step
-            packed = worker.packed(arg, worker.dnn.layout(pack_pd, DST)[1])
-            worker.execute(pack_pd, pack, {SRC: arrays[arg], DST: packed})
-            arrays[arg] = packed
+    for arg, reorder in primitives.packs.items():
+        # A model's weights stay the same from call to call, training's change at every step.
+        keep = primitives.backward is None and arrays[arg].nbytes <= KEEP_PACKED_MAX_BYTES
+        arrays[arg] = worker.pack(arg, reorder, arrays[arg], keep)
     if primitives.backward is None:
         worker.execute(*primitives.forward, arrays)
         return None
