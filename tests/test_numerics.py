@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from matrix import ONEDNN_PLATFORM
 from test_parity import check_layer_against_torch
-from torch_reference import numpy_state_dict, run_torch, torch_module
+from torch_reference import assert_close, numpy_state_dict, run_torch, torch_module
 
 from jaxrnn import functional as F
 from jaxrnn.functional import RecurrentSpec
@@ -31,6 +32,7 @@ LOW_PRECISION_GRADIENT_BOUNDS = {jnp.bfloat16: 1.5e-2, jnp.float16: 1.5e-3}
 # less exact), and the long-sequence errors at HIGHEST were torch's own: 0.95x its mean, 1.14x
 # its max for RNN. The 1e-5 parity tests hold there as everywhere.
 cpu_transcendentals = pytest.mark.skipif(jax.default_backend() != "cpu", reason="ulp bounds measured on XLA:CPU")
+onednn_platform = pytest.mark.skipif(not ONEDNN_PLATFORM, reason="oneDNN runs on the CPU backend of x86-64 Linux")
 
 
 @cpu_transcendentals
@@ -131,28 +133,37 @@ def test_nan_and_inf_propagate_as_in_torch(kind, value, rng):
         np.testing.assert_allclose(a[~np.isnan(e)], e[~np.isnan(e)], atol=1e-10)
 
 
-def test_nan_in_padding_is_never_read(rng):
-    """As torch's packed sequences: values past a sequence's length touch nothing, gradients too."""
-    spec = RecurrentSpec("lstm", 3, 4, bidirectional=True)
-    module = torch_module(spec, dtype=np.float64)
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("implementation", ["xla", "pallas", pytest.param("onednn", marks=onednn_platform)])
+def test_nan_in_padding_is_never_read(kind, implementation, rng):
+    """As torch's packed sequences: values past a sequence's length touch nothing, forward or
+    backward, with `x` differentiated or not. (A loop run forward only takes the padding as it
+    comes; under differentiation it zeroes it first.)"""
+    dtype = np.float32 if implementation == "onednn" else np.float64  # oneDNN: float32 only
+    module = torch_module(RecurrentSpec(kind, 3, 4, bidirectional=True), dtype=dtype)
     params = numpy_state_dict(module)
-    x = rng.standard_normal((6, 2, 3))
+    x = rng.standard_normal((6, 2, 3)).astype(dtype)
     lengths = np.array([6, 3])
     clean = x.copy()
     x[3:, 1] = np.nan
-    weights = [rng.standard_normal(s) for s in ((6, 2, 8), (2, 2, 4), (2, 2, 4))]
+    shapes = [(6, 2, 8)] + [(2, 2, 4)] * (2 if kind == "lstm" else 1)
+    weights = [rng.standard_normal(s).astype(dtype) for s in shapes]
     expected, expected_grads = run_torch(module, clean, seq_lengths=lengths, loss_weights=weights)
 
-    def loss(params, x):
-        output, state = F.lstm(params, x, seq_lengths=lengths)
-        return sum((o * w).sum() for o, w in zip((output, *state), weights))
+    def run(params, x):
+        output, state = FUNCTIONS[kind](params, x, seq_lengths=lengths, implementation=implementation)
+        return (output, *state) if kind == "lstm" else (output, state)
 
-    grads = jax.grad(loss, argnums=(0, 1))(params, x)
-    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads[0]))
-    for name, grad in grads[0].items():
-        np.testing.assert_allclose(grad, expected_grads[name], atol=1e-10)
-    np.testing.assert_allclose(grads[1][:, 0], expected_grads["x"][:, 0], atol=1e-10)
-    np.testing.assert_allclose(grads[1][:3, 1], expected_grads["x"][:3, 1], atol=1e-10)
+    def loss(params, x):
+        return sum((o * w).sum() for o, w in zip(run(params, x), weights))
+
+    for got, want in zip(jax.jit(run)(params, x), expected):
+        assert_close(got, want, "outputs")
+    param_grads, x_grad = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+    assert_close(x_grad, expected_grads["x"], "x")  # 0 in the padding, as torch's
+    for grads in (param_grads, jax.jit(jax.grad(loss))(params, x)):
+        for name, grad in grads.items():
+            assert_close(grad, expected_grads[name], name)
 
 
 @cpu_transcendentals

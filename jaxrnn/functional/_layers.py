@@ -136,18 +136,15 @@ def run_layer(
     lead = (spec.num_directions * spec.num_layers,) + ((B,) if batched else ())
     state0 = tuple((s if batched else s[:, None]).astype(compute_dtype(dtype)) for s in check_hx(spec, hx, lead, dtype))
     lengths = check_lengths(seq_lengths, T, (B,) if batched else ())
-    mask = None
-    if lengths is not None:
-        valid = jnp.arange(T)[:, None] < lengths
-        mask = valid[:, None, :, None]
-        # Padding is never read, as in torch's packed sequences: not even a NaN there may reach
-        # the gradients through the masked steps (0 * NaN).
-        x = jnp.where(valid[..., None], x, 0)
+    # Padding is never read, as in torch's packed sequences: each loop zeroes it where it
+    # needs to (`zeroed_padding`), so that not even a NaN there reaches a gradient.
+    mask = None if lengths is None else (jnp.arange(T)[:, None] < lengths)[:, None, :, None]
     params = {k: jnp.asarray(v, dtype) for k, v in params.items()}
     if implementation == "cudnn":
         if chunk is not None:
             raise ValueError("implementation='cudnn' keeps its own residuals; remat needs 'xla', 'pallas' or 'onednn'")
         _cudnn.check_supported(spec, dtype, dropout_key is not None and dropout > 0 and spec.num_layers > 1)
+        x = x if mask is None else jnp.where(mask[:, 0], x, 0)
         x, state = _cudnn.run_stack(spec, params, x, state0, lengths, precision, _cudnn.lstm_kernel())
     else:
         if implementation == "onednn":

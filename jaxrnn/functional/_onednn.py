@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.buffer_callback import buffer_callback
 
-from ._recurrence import read_off_padding
+from ._recurrence import read_off_padding, zeroed_padding
 from ._spec import RecurrentSpec
 
 DISTRIBUTION = "onednn-cpu-gomp"
@@ -870,6 +870,7 @@ def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask, *, chunk
     else:
         rnn = functools.partial(_rnn_remat, kind, activation, chunk)
     w_layer, w_iter, bias = _kernel_weights(kind, w, range(xs.shape[1]))
+    xs = zeroed_padding(xs, mask)  # the padding column below needs it in inference too
     gate_weights = None if mask is None else _padding_weights(kind, activation, w_layer.dtype)
     if gate_weights is not None:  # the extra input column: 1 in padded steps
         padded = jnp.broadcast_to(~mask[:, :1], (*xs.shape[:3], 1)).astype(xs.dtype)  # (T, D, B, 1)

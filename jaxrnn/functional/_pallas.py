@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._math import cell_math, is_highest
-from ._recurrence import LoopWeights, _per_direction, backward, project, step, step_back
+from ._recurrence import LoopWeights, _per_direction, backward, project, step, step_back, zeroed_padding
 
 
 def _backend() -> str:
@@ -179,6 +179,7 @@ def _fused_loop(math_key, unroll, precision, w: LoopWeights, xs, state0, mask):
 
 
 def _fused_loop_fwd(math_key, unroll, precision, w, xs, state0, mask):
+    xs = zeroed_padding(xs, mask)
     out, residuals = _kernel_forward(math_key, precision, w, xs, state0, mask, keep_residuals=True)
     return out, (w, mask, residuals, xs)
 
