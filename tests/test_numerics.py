@@ -43,7 +43,9 @@ def test_long_sequence_error_is_torchs_and_low_precision_is_bounded(kind, rng):
     Measured over 8 weight draws, as ratios to torch float32's max / mean error: by default
     LSTM 1.03-1.59 / 1.19-1.32, GRU 0.93-1.20 / 1.11-1.17, RNN 0.97-1.23 / 1.35-1.41 (XLA:CPU's
     tanh is off by up to 4.6 ulp); with precision=HIGHEST (a tanh within 1.05 ulp) LSTM
-    0.69-0.97 / 0.83-0.86, GRU 0.74-1.03 / 0.89-0.91, RNN 0.80-1.07 / 0.96-1.02.
+    0.69-0.97 / 0.83-0.86, GRU 0.74-1.03 / 0.89-0.91, RNN 0.80-1.07 / 0.96-1.02. On a host with
+    AVX-512, where torch's own error is another, RNN's were 0.92-1.42 / 1.40-1.46 by default
+    and 0.77-1.13 / 1.00-1.06 with HIGHEST (LSTM's and GRU's within the ranges above).
     """
     torch.manual_seed(0)
     spec = RecurrentSpec(kind, 4, 8, bidirectional=True)
@@ -63,7 +65,7 @@ def test_long_sequence_error_is_torchs_and_low_precision_is_bounded(kind, rng):
     assert torch_error.max() < 1e-6 and all(e.max() < 1e-6 for e in errors.values())
     default, highest = errors[None], errors["highest"]
     assert default.max() < 2 * torch_error.max() and default.mean() < 1.5 * torch_error.mean()
-    assert highest.max() < 1.1 * torch_error.max() and highest.mean() < 1.05 * torch_error.mean()
+    assert highest.max() < 1.2 * torch_error.max() and highest.mean() < 1.1 * torch_error.mean()
     if kind != "rnn":  # the gates' sigmoids make the accurate tanh count twice
         assert highest.mean() < 0.95 * torch_error.mean()
     for dtype, bound in LOW_PRECISION_BOUNDS.items():
