@@ -856,8 +856,8 @@ def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask, *, chunk
     direction on its input `xs[:, d]` (`_rnn`); with `chunk` (`remat`), differentiated a chunk
     of that many steps at a time (`_rnn_remat`).
 
-    oneDNN has no per-sequence lengths. With a mask it runs over the padding too, which
-    `run_layer` has zeroed and which comes after each sequence's valid steps in both directions:
+    oneDNN has no per-sequence lengths. With a mask it runs over the padding too, zeroed
+    first, which comes after each sequence's valid steps in both directions:
     the outputs there are set to 0 and `h_n` is read off the last valid step's output
     (`read_off_padding`). An LSTM's `c_n` is in no output, so an extra input column holds `c`
     fixed in padded steps (its input and forget gates saturate to 0 and 1), and the final `c`
@@ -870,7 +870,7 @@ def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask, *, chunk
     else:
         rnn = functools.partial(_rnn_remat, kind, activation, chunk)
     w_layer, w_iter, bias = _kernel_weights(kind, w, range(xs.shape[1]))
-    xs = zeroed_padding(xs, mask)  # the padding column below needs it in inference too
+    xs = zeroed_padding(xs, mask)  # in inference too: the column's gates (below) saturate only on zeros
     gate_weights = None if mask is None else _padding_weights(kind, activation, w_layer.dtype)
     if gate_weights is not None:  # the extra input column: 1 in padded steps
         padded = jnp.broadcast_to(~mask[:, :1], (*xs.shape[:3], 1)).astype(xs.dtype)  # (T, D, B, 1)
