@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -334,6 +335,19 @@ def test_onednn_workspaces_are_reused(side_by_side, monkeypatch):
     else:
         expected = [workspace_size(3, _onednn._CONCAT)]
     assert not dnn.workspaces and sorted(w.nbytes for w in dnn.free) == sorted(expected)
+
+
+@onednn_platform
+def test_onednn_pair_of_workers_runs_on_two_halves_of_the_cpus():
+    """Each worker of the pair, and the OpenMP team it starts, keeps to its own half of the
+    process's CPUs, so that the two never share one core."""
+    dnn = _onednn._onednn()
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2 or not dnn.pair:
+        pytest.skip("the pair of workers needs two CPUs")
+    halves = [w.executor.submit(os.sched_getaffinity, 0).result() for w in dnn.pair]
+    assert halves[0] | halves[1] == cpus and not halves[0] & halves[1]
+    assert abs(len(halves[0]) - len(halves[1])) <= 1
 
 
 @onednn_platform

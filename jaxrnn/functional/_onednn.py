@@ -43,6 +43,7 @@ import concurrent.futures
 import ctypes
 import functools
 import itertools
+import os
 import threading
 from importlib import metadata
 from typing import NamedTuple
@@ -195,7 +196,7 @@ class _Worker:
     call hands each its whole part of the work at once (`_OneDNN.run`).
     """
 
-    def __init__(self, dnn: _OneDNN, threads: int):
+    def __init__(self, dnn: _OneDNN, threads: int, cpus: frozenset[int] | None = None):
         self.dnn, self.threads = dnn, threads
         self.stream = ctypes.c_void_p()
         dnn.check(dnn.lib.dnnl_stream_create(ctypes.byref(self.stream), dnn.engine, _IN_ORDER))
@@ -204,7 +205,13 @@ class _Worker:
         self.kept: list[_Packed] = []  # inference's packed weights, the latest used last (`pack`)
         # The primitives a worker makes are made for its number of threads (`_primitives`).
         self.executor = concurrent.futures.ThreadPoolExecutor(
-            1, "onednn", initializer=dnn.lib.omp_set_num_threads, initargs=(threads,))
+            1, "onednn", initializer=self._start, initargs=(cpus,))
+
+    def _start(self, cpus: frozenset[int] | None) -> None:
+        """Set up the worker's thread: its OpenMP threads, and the CPUs it and they run on."""
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)  # this thread's; its OpenMP team inherits it
+        self.dnn.lib.omp_set_num_threads(self.threads)
 
     def packed(self, arg: int, nbytes: int) -> np.ndarray:
         """A buffer for packed weights, reused from call to call."""
@@ -328,7 +335,7 @@ class _OneDNN:
         # bidirectional layer's two directions side by side (`parts`).
         threads = lib.omp_get_max_threads()
         self.worker = _Worker(self, threads)
-        self.pair = [_Worker(self, threads // 2) for _ in range(2)] if threads >= 2 else []
+        self.pair = [_Worker(self, threads // 2, cpus) for cpus in _halves()] if threads >= 2 else []
         self.cores = threading.Lock()  # held by the host call whose workers run (`run`)
         self.layouts: dict[int, dict[int, tuple[ctypes.c_void_p, int]]] = {}  # see `layout`
         self.handles = itertools.count()
@@ -437,6 +444,17 @@ class _OneDNN:
             md = self.desc_of(pd, arg)
             layout[arg] = md, self.lib.dnnl_memory_desc_get_size(md)
         return layout[arg]
+
+
+def _halves() -> tuple[frozenset[int] | None, frozenset[int] | None]:
+    """The CPUs of each worker of the pair: half of this process's each. Woken from one thread,
+    the two otherwise often shared one core: an LSTM forward at B=32, T=100, H=128, called
+    every 50 ms, took 6.35 ms (both halves of the batch in turn) against 3.5 on halves."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    half = len(cpus) // 2
+    return frozenset(cpus[:half]), frozenset(cpus[half:])
 
 
 _SETUP = threading.Lock()
