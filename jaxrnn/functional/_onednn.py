@@ -131,7 +131,9 @@ PREFERRED_WIDE_HIDDEN = 256
 # whose recurrent matmuls (`T * B * gates * H * H`) add up to 2^24 multiply-adds or more; a
 # wide LSTM or GRU gains from 8 steps (LSTM 0.65-1.07, B=8 and 32, H=256 and 512; GRU B=8,
 # H=256 0.82-0.97 at 8 steps and 0.71-0.79 at 16 in the last two sweeps; RNN B=8, H=256 1.07-1.59
-# at 8).
+# at 8). Since the pair of workers keeps to its halves of the CPUs (`_halves`), B=32 gains from
+# 16 steps: LSTM H=128 0.79-0.88, GRU H=128 0.81-0.96, RNN H=256 0.96-1.07 in three sweeps, but
+# LSTM B=16, H=128 1.13-1.15 in two; the bound stays at 32 until more sweeps settle it.
 PREFERRED_MIN_STEPS = 32
 PREFERRED_MIN_STEPS_WIDE = 8
 PREFERRED_MIN_WORK = 2**24
