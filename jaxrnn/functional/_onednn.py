@@ -451,7 +451,7 @@ class _OneDNN:
 def _halves() -> tuple[frozenset[int] | None, frozenset[int] | None]:
     """The CPUs of each worker of the pair: half of this process's each. Woken from one thread,
     the two otherwise often shared one core: an LSTM forward at B=32, T=100, H=128, called
-    every 50 ms, took 6.35 ms (both halves of the batch in turn) against 3.5 on halves."""
+    every 50 ms, took 6.28 ms (both halves of the batch in turn) against 3.52 on halves."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return None, None

@@ -83,7 +83,7 @@ def _unstacked(w: LoopWeights) -> LoopWeights:
 PREFETCH_MIN_SIZE = 1024
 
 
-def where_valid(mask, new, old):
+def _where_valid(mask, new, old):
     return new if mask is None else jnp.where(mask, new, old)
 
 
@@ -93,7 +93,7 @@ def zeroed_padding(xs, mask):
     takes the padding as it comes: a masked step keeps its state whatever its input, and an
     unmasked one's outputs and state are dropped (`read_off_padding`). Zeroing a float32 (T=100,
     B=32, 128) input took 0.15-0.3 ms of an RNN forward's 2.0-2.2."""
-    return where_valid(mask, xs, 0)
+    return _where_valid(mask, xs, 0)
 
 
 def project(xs, w: LoopWeights, precision):
@@ -124,8 +124,8 @@ def step(math_key, precision, w: LoopWeights, state, x_t, mask_t, *, hoisted: bo
     pre = math.combine(xp_t, hh)
     h_raw, rest = math.update(pre, state)
     h = h_raw if w.whr is None else matmul("dbk,dkp->dbp", h_raw, w.whr)
-    new_state = tuple(where_valid(mask_t, n, o) for n, o in zip((h, *rest), state))
-    y = where_valid(mask_t, h, 0)
+    new_state = tuple(_where_valid(mask_t, n, o) for n, o in zip((h, *rest), state))
+    y = _where_valid(mask_t, h, 0)
     residuals = (state, pre, h_raw if w.whr is not None else None) if keep_residuals else None
     return new_state, (y, residuals)
 
@@ -306,8 +306,8 @@ def step_back(math, recurrent, unproject, d_state, d_y, state_prev, gates, mask_
     """
     d_new = (d_state[0] + d_y, *d_state[1:])
     # Where the step was padding, the state passed through unchanged and y was 0.
-    passed = tuple(where_valid(mask_t, 0, d) for d in d_state)
-    d_new = tuple(where_valid(mask_t, d, 0) for d in d_new)
+    passed = tuple(_where_valid(mask_t, 0, d) for d in d_state)
+    d_new = tuple(_where_valid(mask_t, d, 0) for d in d_new)
     d_h_raw = d_new[0] if unproject is None else unproject(d_new[0])
     _, update_vjp = jax.vjp(math.update_gates, gates, state_prev)
     d_gates, d_prev = update_vjp((d_h_raw, d_new[1:]))
