@@ -12,7 +12,7 @@ from . import _cudnn, _onednn
 from ._checks import check_dropout, check_hx, check_lengths, check_x
 from ._math import LSTMState
 from ._pallas import recurrence_pallas
-from ._recurrence import LoopWeights, compute_dtype, recurrence, recurrence_autodiff
+from ._recurrence import LoopWeights, compute_dtype, recurrence, recurrence_autodiff, zeroed_padding
 from ._spec import RecurrentSpec
 
 Params = Mapping[str, jax.Array]
@@ -144,7 +144,7 @@ def run_layer(
         if chunk is not None:
             raise ValueError("implementation='cudnn' keeps its own residuals; remat needs 'xla', 'pallas' or 'onednn'")
         _cudnn.check_supported(spec, dtype, dropout_key is not None and dropout > 0 and spec.num_layers > 1)
-        x = x if mask is None else jnp.where(mask[:, 0], x, 0)
+        x = zeroed_padding(x, None if mask is None else mask[:, 0])  # (T, B, I) by (T, B, 1)
         x, state = _cudnn.run_stack(spec, params, x, state0, lengths, precision, _cudnn.lstm_kernel())
     else:
         if implementation == "onednn":

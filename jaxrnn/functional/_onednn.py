@@ -226,18 +226,20 @@ class _Worker:
         as an earlier call packed the same bytes, else packed now and kept, the oldest let go
         beyond PACKED_BYTES; else into the worker's buffer for `arg`."""
         pd, prim = reorder
-        if keep:
-            for i, kept in enumerate(self.kept):
-                if kept.reorder == pd.value and _same_bytes(kept.source, weights):
-                    self.kept.append(self.kept.pop(i))
-                    return kept.packed
         nbytes = self.dnn.layout(pd, DST)[1]
-        packed = _empty(nbytes) if keep else self.packed(arg, nbytes)
+        if not keep:
+            packed = self.packed(arg, nbytes)
+            self.execute(pd, prim, {SRC: weights, DST: packed})
+            return packed
+        for i, kept in enumerate(self.kept):
+            if kept.reorder == pd.value and _same_bytes(kept.source, weights):
+                self.kept.append(self.kept.pop(i))
+                return kept.packed
+        packed = _empty(nbytes)
         self.execute(pd, prim, {SRC: weights, DST: packed})
-        if keep:
-            self.kept.append(_Packed(pd.value, np.copy(weights), packed))
-            while sum(k.source.nbytes + k.packed.nbytes for k in self.kept) > PACKED_BYTES:
-                self.kept.pop(0)
+        self.kept.append(_Packed(pd.value, np.copy(weights), packed))
+        while sum(k.source.nbytes + k.packed.nbytes for k in self.kept) > PACKED_BYTES:
+            self.kept.pop(0)
         return packed
 
     def execute(self, pd, prim, arrays: dict[int, np.ndarray]) -> None:
