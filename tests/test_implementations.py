@@ -351,6 +351,19 @@ def test_onednn_pair_of_workers_runs_on_two_halves_of_the_cpus():
 
 
 @onednn_platform
+def test_onednn_worker_runs_where_its_cpus_cannot_be_set(monkeypatch):
+    def refuse(*_):
+        raise PermissionError("not in this sandbox")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    worker = _onednn._Worker(_onednn._onednn(), 1, frozenset({0}))
+    try:
+        assert worker.executor.submit(lambda: "ran").result() == "ran"
+    finally:
+        worker.executor.shutdown()
+
+
+@onednn_platform
 @pytest.mark.parametrize("kept", [True, False])
 def test_onednn_inference_packs_weights_again_only_when_they_change(kept, monkeypatch):
     """Inference keeps the weights it packed while their bytes stay the same: two layers of one

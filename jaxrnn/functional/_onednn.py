@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import ctypes
 import functools
 import itertools
@@ -212,7 +213,10 @@ class _Worker:
     def _start(self, cpus: frozenset[int] | None) -> None:
         """Set up the worker's thread: its OpenMP threads, and the CPUs it and they run on."""
         if cpus is not None:
-            os.sched_setaffinity(0, cpus)  # this thread's; its OpenMP team inherits it
+            # This thread's CPUs, which its OpenMP team inherits. Where the system refuses (a
+            # sandbox), the worker runs where the scheduler puts it: slower, never wrong.
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, cpus)
         self.dnn.lib.omp_set_num_threads(self.threads)
 
     def packed(self, arg: int, nbytes: int) -> np.ndarray:
