@@ -351,6 +351,34 @@ def test_onednn_pair_of_workers_runs_on_two_halves_of_the_cpus():
 
 
 @onednn_platform
+@pytest.mark.parametrize(
+    "D, B, H, shared_input, training, share",
+    [
+        (2, 64, 512, True, False, "pair"),  # 2^26 a step: side by side
+        (2, 64, 512, False, True, "pair"),
+        (2, 128, 512, True, False, "one call"),  # past SIDE_BY_SIDE_MAX_STEP
+        (2, 128, 512, False, False, "in turn"),
+        (1, 32, 128, False, False, "halves"),
+        (1, 32, 128, False, True, "whole"),  # training runs the whole batch
+        (1, 64, 256, False, False, "whole"),  # past SPLIT_MAX_STEP
+        (1, 8, 128, False, False, "whole"),  # below SPLIT_MIN_BATCH
+    ],
+)
+def test_onednn_shares_a_call_out_by_the_size_of_its_step(D, B, H, shared_input, training, share):
+    dnn = _onednn._onednn()
+    if not dnn.pair:
+        pytest.skip("the pair of workers needs two cores")
+    parts = dnn.parts("lstm", D, B, H, shared_input, training)
+    workers = [part.worker for part in parts]
+    got = {
+        (dnn.pair[0], dnn.pair[1]): "halves" if D == 1 else "pair",
+        (dnn.worker,): "one call" if D == 2 else "whole",
+        (dnn.worker, dnn.worker): "in turn",
+    }[tuple(workers)]
+    assert got == share
+
+
+@onednn_platform
 def test_onednn_worker_runs_where_its_cpus_cannot_be_set(monkeypatch):
     def refuse(*_):
         raise PermissionError("not in this sandbox")

@@ -68,18 +68,22 @@ POOL_BYTES = 2**30
 # B=8, T=8, H=256 1.03-1.05x, at T=500 0.97-0.99x; B=64, T=50, H=512 1.00x.
 KEEP_PACKED_MAX_BYTES = 2**19
 PACKED_BYTES = 2**25
-# Where a step (`h @ W_hh^T`) is this many multiply-adds or fewer, too small to share out over
-# the cores without their waiting at its barriers, a layer's call runs on the pair of workers,
-# each on half of the cores: a bidirectional layer's two directions side by side, and in
-# inference a one-way layer's sequences in two halves, if it has SPLIT_MIN_BATCH or more. On 2
-# cores, the directions side by side measured 0.86-1.04x the time of both on all cores in most
-# readings (LSTM, GRU and RNN at B=32, H=128 and B=8, H=256, RNN at B=16, H=512; one of 1.14 in
-# turns of 0.82-1.29), and up to 1.26x beyond the bound (B=64, H=512); the sequences in halves
-# 0.85-0.99x the forward on all cores from B=16 to 64 (1.01 at LSTM B=64, H=128 and B=32,
-# H=256) but 1.04-1.08x for LSTM and RNN at B=4 and 8, and 0.95-1.17x forward+backward at B=16
-# and 32 (median 1.07), so a training forward runs on all cores. The figures are in
-# docs/implementations.md.
-SIDE_BY_SIDE_MAX_STEP = 2**23
+# Where a step (`h @ W_hh^T`) is small, too small to share out over the cores without their
+# waiting at its barriers, a layer's call runs on the pair of workers, each on half of the
+# cores: a bidirectional layer's two directions side by side, up to SIDE_BY_SIDE_MAX_STEP
+# multiply-adds a step, and in inference a one-way layer's sequences in two halves, up to
+# SPLIT_MAX_STEP, if it has SPLIT_MIN_BATCH or more. On 2 cores, with the pair on its own halves
+# of the CPUs (`_halves`), the directions side by side took 0.94-0.99x the time of one call on
+# all cores, forward and forward+backward, from LSTM, GRU and RNN B=32, H=256 to B=64, H=512
+# (2^26, the largest step measured), and 0.84-0.91x that of the two one after the other with
+# `seq_lengths` (LSTM B=64, H=256; GRU B=32, H=512). The sequences in halves took 0.85-0.99x
+# the forward on all cores from B=16 to 64 (1.01 at LSTM B=64, H=128 and B=32, H=256), but
+# beyond 2^23 1.02-1.20x (LSTM B=64, H=256 to B=64, H=512; RNN B=64, H=512 1.07; GRU B=64,
+# H=256 0.99), 1.04-1.08x for LSTM and RNN at B=4 and 8 (B=8 pinned: LSTM H=256 1.35, GRU
+# 1.08-1.10, RNN 1.01-1.13), and 0.95-1.17x forward+backward at B=16 and 32 (median 1.07), so
+# a training forward runs on all cores. The figures are in docs/implementations.md.
+SIDE_BY_SIDE_MAX_STEP = 2**26
+SPLIT_MAX_STEP = 2**23
 SPLIT_MIN_BATCH = 16
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 GRU_ORDER = (1, 0, 2)  # torch's (reset, update, candidate) as oneDNN's (update, reset, candidate)
@@ -356,17 +360,17 @@ class _OneDNN:
         self.free: collections.deque[np.ndarray] = collections.deque()
 
     def parts(self, kind: str, D: int, B: int, H: int, shared_input: bool, training: bool) -> list[_Part]:
-        """How a layer's call of `D` directions is shared out. Where a step is small
-        (`SIDE_BY_SIDE_MAX_STEP`), on the pair of workers: two directions side by side, or, in
-        inference, one direction's sequences in two halves (`SPLIT_MIN_BATCH`). Else on the
-        one worker: as one call where two directions read one input (oneDNN's
-        `bidirectional_concat`, the second direction right to left), else one after the other
-        (each left to right on an input of its own)."""
-        small = self.pair and B * GATES[kind] * H * H <= SIDE_BY_SIDE_MAX_STEP
-        if D == 1 and small and not training and B >= SPLIT_MIN_BATCH:
+        """How a layer's call of `D` directions is shared out. Where a step is small enough, on
+        the pair of workers: two directions side by side (`SIDE_BY_SIDE_MAX_STEP`), or, in
+        inference, one direction's sequences in two halves (`SPLIT_MAX_STEP`,
+        `SPLIT_MIN_BATCH`). Else on the one worker: as one call where two directions read one
+        input (oneDNN's `bidirectional_concat`, the second direction right to left), else one
+        after the other (each left to right on an input of its own)."""
+        step = B * GATES[kind] * H * H
+        if D == 1 and self.pair and step <= SPLIT_MAX_STEP and not training and B >= SPLIT_MIN_BATCH:
             halves = slice(0, B // 2), slice(B // 2, B)
             return [_Part(w, slice(0, 1), _LEFT2RIGHT, batch) for w, batch in zip(self.pair, halves)]
-        side_by_side = D == 2 and small
+        side_by_side = D == 2 and bool(self.pair) and step <= SIDE_BY_SIDE_MAX_STEP
         if shared_input and not side_by_side:
             return [_Part(self.worker, slice(0, D), _DIRECTIONS[D])]
         workers = self.pair if side_by_side else [self.worker] * D
