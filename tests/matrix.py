@@ -11,6 +11,7 @@ import platform
 import random
 
 import jax
+import pytest
 
 OPTIONS = {
     "kind": ["rnn_tanh", "rnn_relu", "lstm", "gru"],
@@ -30,6 +31,7 @@ OPTIONS = {
 BACKEND = jax.default_backend()
 # implementation="onednn" runs on the CPU backend where its wheel exists: x86-64 Linux.
 ONEDNN_PLATFORM = BACKEND == "cpu" and (platform.system(), platform.machine()) == ("Linux", "x86_64")
+onednn_platform = pytest.mark.skipif(not ONEDNN_PLATFORM, reason="oneDNN runs on the CPU backend of x86-64 Linux")
 
 
 def covering_rows(options: dict[str, list], frontends: list[str], strength: int = 3, seed: int = 0):

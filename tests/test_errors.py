@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from matrix import ONEDNN_PLATFORM
+from matrix import onednn_platform
 
 import jaxrnn
 from jaxrnn import functional as F
@@ -80,7 +80,7 @@ def test_linen_params_of_another_configuration_are_refused():
 
 
 @pytest.mark.parametrize("implementation", [
-    "xla", pytest.param("onednn", marks=pytest.mark.skipif(not ONEDNN_PLATFORM, reason="oneDNN runs on x86-64 Linux"))])
+    "xla", pytest.param("onednn", marks=onednn_platform)])
 def test_traced_seq_lengths_are_clipped_not_checked(implementation):
     """Under jit lengths cannot be checked: out-of-range values are clipped to [0, T], and a
     sequence of length 0 has zero outputs and keeps its initial state."""

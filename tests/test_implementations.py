@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from frontends import FRONTENDS
 from jax.experimental import rnn
-from matrix import BACKEND, ONEDNN_PLATFORM, OPTIONS, covering_rows, row_id
+from matrix import BACKEND, OPTIONS, covering_rows, onednn_platform, row_id
 from test_parity import check_layer_against_torch
 from torch_reference import assert_close
 
@@ -85,7 +85,6 @@ def test_cudnn_path_matches_torch(row, rng, monkeypatch):
 
 
 ONEDNN_OPTIONS = dict(OPTIONS, proj=[False], dtype=["float32"], backward=["fused", "remat"])
-onednn_platform = pytest.mark.skipif(not ONEDNN_PLATFORM, reason="oneDNN runs on the CPU backend of x86-64 Linux")
 
 
 @onednn_platform

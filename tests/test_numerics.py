@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from matrix import ONEDNN_PLATFORM
+from matrix import onednn_platform
 from test_parity import check_layer_against_torch
 from torch_reference import assert_close, numpy_state_dict, run_torch, torch_module
 
@@ -32,7 +32,6 @@ LOW_PRECISION_GRADIENT_BOUNDS = {jnp.bfloat16: 1.5e-2, jnp.float16: 1.5e-3}
 # less exact), and the long-sequence errors at HIGHEST were torch's own: 0.95x its mean, 1.14x
 # its max for RNN. The 1e-5 parity tests hold there as everywhere.
 cpu_transcendentals = pytest.mark.skipif(jax.default_backend() != "cpu", reason="ulp bounds measured on XLA:CPU")
-onednn_platform = pytest.mark.skipif(not ONEDNN_PLATFORM, reason="oneDNN runs on the CPU backend of x86-64 Linux")
 
 
 @cpu_transcendentals
