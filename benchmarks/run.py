@@ -31,6 +31,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cuda" if GPU else "cpu")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import track  # noqa: E402
@@ -119,6 +120,14 @@ def matmul_peak_gflops(dtype: str, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def stolen_fraction(start) -> float | None:
+    """The share of the CPUs' time since `start` (a `psutil.cpu_times()`) that the hypervisor
+    gave to other machines (`steal`), where the system reports it (Linux); else None."""
+    now = psutil.cpu_times()
+    total = sum(now) - sum(start)
+    return (now.steal - start.steal) / total if hasattr(now, "steal") and total > 0 else None
+
+
 def flops(kind, mode, B, T, H, num_layers, bidirectional) -> float:
     """Matmul FLOPs: 2 * T * B * (I + H) * G * H per layer and direction; backward twice that."""
     D = 2 if bidirectional else 1
@@ -200,7 +209,7 @@ def compile_seconds(r: dict) -> str:
     return "n/a" if name is None else f"{r[name + '_compile']:.1f}"
 
 
-def write_table(rows, results, peak, path_md, quick, repeats, dtype):
+def write_table(rows, results, peak, steal, path_md, quick, repeats, dtype):
     """RESULTS.md of the rows measured so far (`results` may be shorter than `rows`)."""
     pairs = [(ours, peer) for peer in OTHERS for ours in OURS]
     short = {name: name.removeprefix("jaxrnn").strip() or "default" for name in OURS}
@@ -216,7 +225,9 @@ def write_table(rows, results, peak, path_md, quick, repeats, dtype):
         f"({described}{AUTO_NOTE}). "
         f"Large-matmul peak on this machine: {peak:.0f} GFLOP/s (the best {dtype} matmul of XLA"
         f"{'' if GPU else ' and torch'}); GFLOP/s of the faster jaxrnn. "
-        f"Produced by `{'BENCH_DEVICE=gpu ' if GPU else ''}{env_peers}python benchmarks/run.py"
+        + ("" if steal is None else f"CPU time taken by the hypervisor during the run (`steal`): {steal:.1%}"
+           " (from a few percent on, ratios of a few percent are noise). ")
+        + f"Produced by `{'BENCH_DEVICE=gpu ' if GPU else ''}{env_peers}python benchmarks/run.py"
         f"{' --quick' if quick else ''}{'' if dtype == 'float32' else f' --dtype {dtype}'}`."
         + ("" if len(results) == len(rows) else f" **Partial: {len(results)} of {len(rows)} rows (the run stopped).**"),
         "",
@@ -314,7 +325,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     suffix = ("_GPU" if GPU else "") + ("" if args.dtype == "float32" else f"_{args.dtype.upper()}")
     path_md = os.path.join(args.out, f"RESULTS{suffix}.md")
-    results = []
+    results, start = [], psutil.cpu_times()
     console = Console()
     for row in track(rows, description="benchmarking", console=console):
         results.append(measure(row, args.repeats, rng, args.dtype))
@@ -323,7 +334,7 @@ def main():
             f"{label(row):32s} " + " | ".join(f"{p} {r[p]:8.2f}" for p in PEERS if p in r)
             + " | faster jaxrnn / " + " ".join(f"{p} {ratio(r, 'best', p):.2f}" for p in OTHERS if p in r)
         )
-        write_table(rows, results, peak, path_md, args.quick, args.repeats, args.dtype)
+        write_table(rows, results, peak, stolen_fraction(start), path_md, args.quick, args.repeats, args.dtype)
     write_figure(rows, results, os.path.join(args.out, f"results{suffix.lower()}.png"))
 
 

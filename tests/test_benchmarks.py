@@ -27,6 +27,7 @@ def test_quick_benchmark_writes_results(tmp_path):
         assert runs[dtype].wait() == 0, (tmp_path / f"{dtype}.log").read_text()
         table = (tmp_path / dtype / f"RESULTS{suffix}.md").read_text()
         assert f"; {dtype}; " in table and "| LSTM 4/20/16 fwd+bwd |" in table
+        assert ("(`steal`): " in table) == sys.platform.startswith("linux")
         for ratio in ("jaxrnn / torch", "jaxrnn onednn / torch", "jaxrnn auto / torch", "jaxrnn / flax",
                       "jaxrnn / equinox"):
             assert f"| {ratio} | 1 |" in table
