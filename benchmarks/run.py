@@ -1,6 +1,6 @@
 """Benchmark jaxrnn against torch, Flax's nn.RNN and Equinox cells; write RESULTS.md and a figure.
 
-    python benchmarks/run.py                    # the full grid (a few minutes on 2 cores)
+    python benchmarks/run.py                    # the full grid (about 10 minutes on 2 cores)
     python benchmarks/run.py --quick            # tiny sizes, as CI runs it
     python benchmarks/run.py --dtype bfloat16   # every peer in bfloat16 (RESULTS_BFLOAT16.md)
     BENCH_DEVICE=gpu python benchmarks/run.py   # on a CUDA GPU, against cuDNN
@@ -60,6 +60,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = [(32, 100, 128), (8, 500, 256), (64, 50, 512), (1, 1000, 64)]
 QUICK_SIZES = [(4, 20, 16)]
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+# Timed calls of each peer a row: 10 turns of 3, so that a slow spell of the machine moves a
+# median less. In two runs of 5 turns on a quiet 2-core host, the worst oneDNN LSTM row (the
+# same kernel as torch's) measured 1.09x and 1.29x torch, the latter's turns 0.96-1.67x; in a
+# run of 10, 1.08x, its turns 0.97-1.22x.
+REPEATS = 30
 
 
 def cases(quick: bool):
@@ -231,7 +236,8 @@ def write_table(rows, results, peak, steal, path_md, quick, repeats, dtype):
         + ("" if steal is None else f"CPU time taken by the hypervisor during the run (`steal`): {steal:.1%}"
            " (from a few percent on, ratios of a few percent are noise). ")
         + f"Produced by `{'BENCH_DEVICE=gpu ' if GPU else ''}{env_peers}python benchmarks/run.py"
-        f"{' --quick' if quick else ''}{'' if dtype == 'float32' else f' --dtype {dtype}'}`."
+        f"{' --quick' if quick else ''}{'' if repeats == REPEATS else f' --repeats {repeats}'}"
+        f"{'' if dtype == 'float32' else f' --dtype {dtype}'}`."
         + ("" if len(results) == len(rows) else f" **Partial: {len(results)} of {len(rows)} rows (the run stopped).**"),
         "",
         "| case (B/T/H) | " + " | ".join(f"{p} ms" for p in PEERS)
@@ -315,7 +321,7 @@ def write_figure(rows, results, path_png):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for CI")
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="timed calls of each peer a row")
     parser.add_argument("--only", default="", help="run rows whose label contains this text")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="the dtype of every peer's weights and inputs")
