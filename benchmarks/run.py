@@ -62,8 +62,8 @@ QUICK_SIZES = [(4, 20, 16)]
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 # Timed calls of each peer a row: 10 turns of 3, so that a slow spell of the machine moves a
 # median less. In two runs of 5 turns on a quiet 2-core host, the worst oneDNN LSTM row (the
-# same kernel as torch's) measured 1.09x and 1.29x torch, the latter's turns 0.96-1.67x; in a
-# run of 10, 1.08x, its turns 0.97-1.22x.
+# same kernel as torch's) measured 1.09x and 1.29x torch, the latter's turns 0.96-1.67x; in two
+# runs of 10 after them, 1.08x and 1.05x.
 REPEATS = 30
 
 
