@@ -30,8 +30,7 @@ and nothing is copied either way. The weights go in torch's own layout, `(G*H, I
 on the host (inference keeps them so while they stay the same), the backward takes them as they
 are and reorders its gradients from oneDNN's `ldigo`. In bfloat16, x, y, h and the weights are
 bfloat16 and c, the bias and every gradient float32: the scan's mixed precision (its LSTM and
-RNN outputs come out equal); it crosses to the host as uint16 bits, since numpy reads no
-bfloat16 through DLPack. GRU is oneDNN's linear-before-reset GRU, torch's formulation, with the
+RNN outputs come out equal). GRU is oneDNN's linear-before-reset GRU, torch's formulation, with the
 gates in oneDNN's order (update, reset, candidate). Needs the `onednn-cpu-gomp` package
 (`pip install "jaxrnn[onednn]"`).
 """
@@ -680,25 +679,11 @@ def _host_call(host_fn, result_shapes, *args):
     """
 
     def callback(_, outputs, *args):
-        host_fn([_host(a) for a in outputs], *(_host(a) for a in args))
+        # `np.asarray` views each buffer in place, bfloat16 too, and the outputs writable:
+        # through DLPack, numpy before 2.1 views them read-only and numpy reads no bfloat16.
+        host_fn([np.asarray(a) for a in outputs], *(np.asarray(a) for a in args))
 
-    # numpy takes no bfloat16 through DLPack: bfloat16 crosses as its bits, uint16.
-    bits = [jax.ShapeDtypeStruct(s.shape, _BITS.get(s.dtype, s.dtype)) for s in result_shapes]
-    call = buffer_callback(callback, bits, vmap_method="sequential")
-    results = call(*(_bitcast(a, _BITS.get(a.dtype, a.dtype)) for a in args))
-    return [_bitcast(r, s.dtype) for r, s in zip(results, result_shapes)]
-
-
-_BITS = {jnp.dtype(jnp.bfloat16): jnp.dtype(jnp.uint16)}
-
-
-def _bitcast(a, dtype):
-    return a if a.dtype == dtype else jax.lax.bitcast_convert_type(a, dtype)
-
-
-def _host(a) -> np.ndarray:
-    """A callback's buffer as numpy, without a copy."""
-    return np.from_dlpack(a)
+    return buffer_callback(callback, result_shapes, vmap_method="sequential")(*args)
 
 
 def _empty(nbytes: int) -> np.ndarray:
