@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from .functional._cells import run_cell
-from .functional._checks import check_dropout
+from .functional._checks import check_layer_options
 from .functional._layers import LAYER_OPTIONS, run_layer
 from .functional._spec import RecurrentSpec
 
@@ -77,7 +77,7 @@ class _Layer(_Recurrent):
         )
 
     def __post_init__(self):
-        check_dropout(self.dropout)
+        check_layer_options(self.dropout, self.unroll, self.remat, self.implementation, self.fused_backward)
         super().__post_init__()
 
     @nn.compact

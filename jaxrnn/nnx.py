@@ -16,7 +16,7 @@ from flax import nnx
 
 from .convert import _torch as converter
 from .functional._cells import run_cell
-from .functional._checks import check_dropout
+from .functional._checks import check_layer_options
 from .functional._layers import LAYER_OPTIONS, run_layer
 from .functional._spec import RecurrentSpec
 
@@ -63,7 +63,7 @@ class _Layer(_Recurrent):
         self, spec, batch_first, dropout, *, dtype, param_dtype, precision, unroll,
         fused_backward, remat, implementation, rngs,
     ):
-        check_dropout(dropout)
+        check_layer_options(dropout, unroll, remat, implementation, fused_backward)
         super().__init__(spec, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
         self.batch_first, self.dropout = batch_first, dropout
         self.unroll, self.fused_backward, self.remat = unroll, fused_backward, remat

@@ -6,9 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from matrix import onednn_platform
 
 import jaxrnn
+import jaxrnn.nnx
 from jaxrnn import functional as F
 from jaxrnn.functional import RecurrentSpec
 
@@ -31,6 +33,8 @@ CALL_CASES = [
     (lambda: F.gru(GRU, X, seq_lengths=jnp.array([4.0, 2.0])), TypeError, "seq_lengths must be an integer array, got dtype float"),
     (lambda: F.gru(GRU, X, seq_lengths=np.array([5, 2])), ValueError, r"seq_lengths must lie in \[1, T=4\], got values in \[2, 5\]"),
     (lambda: F.gru(GRU, X, seq_lengths=np.array([0, 2])), ValueError, r"seq_lengths must lie in \[1, T=4\], got values in \[0, 2\]"),
+    (lambda: F.lstm(LSTM, jnp.ones((2, 0, 3)), batch_first=True), ValueError, r"x must hold at least one time step \(T >= 1\), got shape \(2, 0, 3\)"),
+    (lambda: F.gru(GRU, jnp.ones((0, 3))), ValueError, r"at least one time step \(T >= 1\), got shape \(0, 3\)"),
     (lambda: F.gru(GRU, X, remat=0), ValueError, r"remat must be a bool or a positive chunk length, got 0"),
     (lambda: F.gru(GRU, X, unroll=0), ValueError, r"unroll must be a positive int or None, got 0"),
     (lambda: F.gru(GRU, X, unroll=2.0), ValueError, r"unroll must be a positive int or None, got 2.0"),
@@ -40,7 +44,7 @@ CALL_CASES = [
     (lambda: F.lstm({k: v for k, v in LSTM.items() if k != "weight_hh_l1"}, X), ValueError, r"missing keys \['weight_hh_l1'\]"),
     (lambda: F.lstm(CELL, X), ValueError, r"params hold a LSTMCell\(3, 5\); use lstm_cell for a single cell"),
     (lambda: F.lstm_cell(LSTM, X[0]), ValueError, r"params hold a LSTM\(3, 5, num_layers=2\); use lstm\(\) for a layer"),
-    (lambda: F.lstm_cell(CELL, jnp.ones((2, 4))), ValueError, r"x must have shape \(B, 3\) or, unbatched, \(3\).*got shape \(2, 4\)"),
+    (lambda: F.lstm_cell(CELL, jnp.ones((2, 4))), ValueError, r"x must have shape \(B, 3\) or, unbatched, \(3,\).*got shape \(2, 4\)"),
     (lambda: F.lstm_cell(CELL, jnp.ones((2, 3)), (jnp.zeros((5,)), jnp.zeros((5,)))), ValueError, r"h_0 must have shape \(2, 5\), got \(5,\)"),
     (lambda: F.lstm(LSTM, X, unknown=1), TypeError, "unexpected keyword argument 'unknown'"),
     (lambda: F.lstm({"weight": X}, X), ValueError, r"params are not a recurrent layer or cell.*\['weight'\]"),
@@ -61,6 +65,10 @@ CONSTRUCTOR_CASES = [
     (lambda: jaxrnn.LSTM(3, 4, proj_size=4), r"proj_size has to be smaller than hidden_size, got proj_size=4 and hidden_size=4"),
     (lambda: jaxrnn.LSTM(3, 4, proj_size=-1), r"proj_size must be a non-negative integer, got -1"),
     (lambda: jaxrnn.GRU(3, 4, dropout=-0.1), r"dropout must be a probability in \[0, 1\], got -0.1"),
+    (lambda: jaxrnn.LSTM(3, 4, implementation="cuda"), r"implementation must be one of \(None, 'xla', .*got 'cuda'"),
+    (lambda: jaxrnn.GRU(3, 4, unroll=0), r"unroll must be a positive int or None, got 0"),
+    (lambda: jaxrnn.nnx.RNN(3, 4, remat=-1, rngs=nnx.Rngs(0)), r"remat must be a bool or a positive chunk length, got -1"),
+    (lambda: jaxrnn.nnx.LSTM(3, 4, implementation="onednn", fused_backward=False, rngs=nnx.Rngs(0)), r"fused_backward=False needs 'xla'"),
     (lambda: jaxrnn.RNNCell(3, 4, nonlinearity="gelu"), r"nonlinearity must be 'tanh' or 'relu', got 'gelu'"),
     (lambda: RecurrentSpec("gru", 3, 4, proj_size=2), r"proj_size argument is only supported for LSTM"),
     (lambda: RecurrentSpec("transformer", 3, 4), r"kind must be one of \('rnn', 'lstm', 'gru'\), got 'transformer'"),

@@ -16,12 +16,20 @@ def check_x(spec: RecurrentSpec, x, layout: tuple[str, ...]) -> jax.Array:
     unbatched = tuple(a for a in batched if a != "B")
     if x.ndim not in (len(batched), len(unbatched)) or x.shape[-1] != spec.input_size:
         raise ValueError(
-            f"x must have shape ({', '.join(batched)}) or, unbatched, ({', '.join(unbatched)}) "
+            f"x must have shape {_shape(batched)} or, unbatched, {_shape(unbatched)} "
             f"for {spec.describe()}; got shape {x.shape}"
         )
+    axes = batched if x.ndim == len(batched) else unbatched
+    if "T" in axes and x.shape[axes.index("T")] == 0:
+        raise ValueError(f"x must hold at least one time step (T >= 1), got shape {x.shape}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"x must be a floating-point array, got dtype {x.dtype}")
     return x
+
+
+def _shape(axes: tuple[str, ...]) -> str:
+    """A shape in words, as Python writes a tuple: `(T, B, 3)`, `(3,)`."""
+    return f"({', '.join(axes)}{',' if len(axes) == 1 else ''})"
 
 
 def check_hx(spec: RecurrentSpec, hx, lead: tuple[int, ...], dtype) -> tuple[jax.Array, ...]:
@@ -72,6 +80,21 @@ def check_lengths(seq_lengths, T: int, batch_shape: tuple[int, ...]) -> jax.Arra
     return jnp.clip(jnp.asarray(seq_lengths).reshape(-1), 0, T)
 
 
-def check_dropout(dropout: float) -> None:
+IMPLEMENTATIONS = (None, "xla", "auto", "pallas", "cudnn", "onednn")
+
+
+def check_layer_options(dropout: float, unroll, remat, implementation, fused_backward: bool) -> None:
+    """A layer's dropout and JAX-side knobs: when a module is made, as torch checks its
+    constructor's arguments, and at every functional call."""
     if not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout must be a probability in [0, 1], got {dropout}")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation not in (None, "xla", "auto") and not fused_backward:
+        raise ValueError(
+            f"implementation={implementation!r} has its own backward pass; fused_backward=False needs 'xla'"
+        )
+    if unroll is not None and (isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1):
+        raise ValueError(f"unroll must be a positive int or None, got {unroll!r}")
+    if not (remat is None or isinstance(remat, bool) or (isinstance(remat, int) and remat >= 1)):
+        raise ValueError(f"remat must be a bool or a positive chunk length, got {remat!r}")

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _cudnn, _onednn
-from ._checks import check_dropout, check_hx, check_lengths, check_x
+from ._checks import check_hx, check_layer_options, check_lengths, check_x
 from ._math import LSTMState
 from ._pallas import recurrence_pallas
 from ._recurrence import LoopWeights, compute_dtype, recurrence, recurrence_autodiff, zeroed_padding
@@ -44,7 +44,6 @@ def _dropout(x, rate: float, key: jax.Array):
 
 # The options of `run_layer` that the Linen and NNX layers hold as attributes of the same names.
 LAYER_OPTIONS = ("batch_first", "dropout", "dtype", "precision", "unroll", "fused_backward", "remat", "implementation")
-IMPLEMENTATIONS = (None, "xla", "auto", "pallas", "cudnn", "onednn")
 
 
 def _layer_weights(spec: RecurrentSpec, params: Params, layer: int) -> LoopWeights:
@@ -108,23 +107,9 @@ def run_layer(
     remat: bool | int,
     implementation: str | None,
 ):
-    check_dropout(dropout)
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-    if implementation not in (None, "xla", "auto") and not fused_backward:
-        raise ValueError(
-            f"implementation={implementation!r} has its own backward pass; fused_backward=False needs 'xla'"
-        )
-    if unroll is None:
-        unroll = default_unroll()
-    elif isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
-        raise ValueError(f"unroll must be a positive int or None, got {unroll!r}")
-    if isinstance(remat, bool) or remat is None:
-        chunk = None
-    elif isinstance(remat, int) and remat >= 1:
-        chunk = remat
-    else:
-        raise ValueError(f"remat must be a bool or a positive chunk length, got {remat!r}")
+    check_layer_options(dropout, unroll, remat, implementation, fused_backward)
+    unroll = default_unroll() if unroll is None else unroll
+    chunk = None if remat is None or isinstance(remat, bool) else remat
     x = check_x(spec, x, ("B", "T") if batch_first else ("T", "B"))
     dtype = dtype or jnp.result_type(x, *params.values())
     batched = x.ndim == 3
