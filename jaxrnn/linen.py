@@ -231,18 +231,18 @@ class GRU(_Layer):
 
 
 _NO_EXTRA = ""
-RNN.__doc__ += _LAYER_ARGS.format(
+RNN.__doc__ = (RNN.__doc__ or "") + _LAYER_ARGS.format(
     extra="nonlinearity: 'tanh' or 'relu'.\n      ", proj=_NO_EXTRA, ret="h_n",
     ret_shapes="`h_n` `(D * num_layers, B, hidden_size)`", h_out="hidden_size",
 )
-LSTM.__doc__ += _LAYER_ARGS.format(
+LSTM.__doc__ = (LSTM.__doc__ or "") + _LAYER_ARGS.format(
     extra=_NO_EXTRA,
     proj="proj_size: if > 0, `h = W_hr (o * tanh(c))` has this size.\n      ",
     ret="LSTMState(h_n, c_n)",
     ret_shapes="`h_n` `(D * num_layers, B, H_out)`, `c_n` `(D * num_layers, B, hidden_size)`",
     h_out="`proj_size or hidden_size`",
 )
-GRU.__doc__ += _LAYER_ARGS.format(
+GRU.__doc__ = (GRU.__doc__ or "") + _LAYER_ARGS.format(
     extra=_NO_EXTRA, proj=_NO_EXTRA, ret="h_n",
     ret_shapes="`h_n` `(D * num_layers, B, hidden_size)`", h_out="hidden_size",
 )

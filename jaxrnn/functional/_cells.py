@@ -91,8 +91,8 @@ def rnn_cell(
     return _cell("rnn", params, x, hx, nonlinearity, **options)
 
 
-lstm_cell.__doc__ += _CELL_DOC.format(
+lstm_cell.__doc__ = (lstm_cell.__doc__ or "") + _CELL_DOC.format(
     hx="the pair `(h, c)`, each `(B, hidden_size)`", ret="`LSTMState(h', c')`, each like `hx`"
 )
-gru_cell.__doc__ += _CELL_DOC.format(hx="`(B, hidden_size)`", ret="`h'` `(B, hidden_size)`")
-rnn_cell.__doc__ += _CELL_DOC.format(hx="`(B, hidden_size)`", ret="`h'` `(B, hidden_size)`")
+gru_cell.__doc__ = (gru_cell.__doc__ or "") + _CELL_DOC.format(hx="`(B, hidden_size)`", ret="`h'` `(B, hidden_size)`")
+rnn_cell.__doc__ = (rnn_cell.__doc__ or "") + _CELL_DOC.format(hx="`(B, hidden_size)`", ret="`h'` `(B, hidden_size)`")

@@ -294,7 +294,7 @@ def lstm(params: Params, x: jax.Array, hx=None, **options) -> tuple[jax.Array, L
     return _layer("lstm", params, x, hx, **options)
 
 
-lstm.__doc__ += _LAYER_DOC.format(
+lstm.__doc__ = (lstm.__doc__ or "") + _LAYER_DOC.format(
         hx=": the pair `(h_0, c_0)` of shapes `(D * num_layers, B, H_out)` and `(D * num_layers, B, hidden_size)`",
         ret="LSTMState(h_n, c_n)",
         ret_shapes="`h_n` `(D * num_layers, B, H_out)`, `c_n` `(D * num_layers, B, hidden_size)`",
@@ -319,7 +319,7 @@ def gru(params: Params, x: jax.Array, hx=None, **options) -> tuple[jax.Array, ja
     return _layer("gru", params, x, hx, **options)
 
 
-gru.__doc__ += _LAYER_DOC.format(
+gru.__doc__ = (gru.__doc__ or "") + _LAYER_DOC.format(
         hx=": `(D * num_layers, B, hidden_size)`",
         ret="h_n",
         ret_shapes="`h_n` `(D * num_layers, B, hidden_size)`",
@@ -345,7 +345,7 @@ def rnn(
     return _layer("rnn", params, x, hx, nonlinearity, **options)
 
 
-rnn.__doc__ += _LAYER_DOC.format(
+rnn.__doc__ = (rnn.__doc__ or "") + _LAYER_DOC.format(
         hx=": `(D * num_layers, B, hidden_size)`",
         ret="h_n",
         ret_shapes="`h_n` `(D * num_layers, B, hidden_size)`",
