@@ -8,7 +8,7 @@ construction.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +52,7 @@ class _Recurrent(nnx.Module):
             raise TypeError(f"{cls.__name__}.from_torch got the weights of a {spec.describe()}")
         args, kwargs = converter.constructor_args(spec)
         options = converter.torch_layer_options(source, prefix) | options
-        model = cls(*args, **kwargs, **options, rngs=rngs or nnx.Rngs(0))
+        model = cast(Any, cls)(*args, **kwargs, **options, rngs=rngs or nnx.Rngs(0))  # a subclass's signature
         for name, value in params.items():
             getattr(model, name).set_value(jnp.asarray(value, getattr(model, name).dtype))
         return model
@@ -69,18 +69,17 @@ class _Layer(_Recurrent):
         self.unroll, self.fused_backward, self.remat = unroll, fused_backward, remat
         self.implementation = implementation
         self.deterministic = False
-        self.rngs = rngs["dropout"].fork() if dropout > 0 and spec.num_layers > 1 else None
+        self.rngs: nnx.RngStream | None = rngs["dropout"].fork() if dropout > 0 and spec.num_layers > 1 else None
 
     def __call__(self, x: jax.Array, hx=None, *, seq_lengths=None):
         """`(output, h_n)` (LSTM: `(output, LSTMState(h_n, c_n))`), as torch's forward."""
-        active = not self.deterministic and self.rngs is not None
         return run_layer(
             self.spec,
             self._params(),
             x,
             hx,
             seq_lengths=seq_lengths,
-            dropout_key=self.rngs() if active else None,
+            dropout_key=self.rngs() if self.rngs is not None and not self.deterministic else None,
             **{name: getattr(self, name) for name in LAYER_OPTIONS},
         )
 

@@ -13,7 +13,7 @@ SAFETENSORS_SUFFIX = ".safetensors"
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
     """Nested mappings (`{"model": {"lstm.weight_ih_l0": ...}}`) to dotted keys."""
-    flat = {}
+    flat: dict[str, object] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
             flat |= flatten(value, f"{prefix}{key}.")

@@ -12,6 +12,8 @@ NNX's `GRUCell` has no `b_hn`, so only weights with `b_hn == 0` fit it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -78,7 +80,7 @@ def to_flax_cell(
 _NNX_LSTM_GATES = ("ii", "if_", "ig", "io"), ("hi", "hf", "hg", "ho")
 
 
-def _nnx_tree(cell: nnx.Module) -> dict:
+def _nnx_tree(cell: Any) -> dict:  # a Flax NNX cell
     """The Linen parameter tree holding the same numbers as an NNX cell."""
     def value(variable):
         return np.asarray(variable[...])
@@ -133,6 +135,14 @@ def to_nnx_cell(cell: nnx.Module, source, *, prefix: str = "", layer: int = 0, r
                     f"{tree[gate][leaf].shape}: build the cell with the checkpoint's sizes"
                 )
 
+    _put_nnx_tree(cell, tree)
+    return cell
+
+
+def _put_nnx_tree(cell: Any, tree: dict) -> None:  # a Flax NNX cell
+    """Write `tree` (Linen's layout of the cell's params, as `_nnx_tree` reads them) into `cell`."""
+    cell_type = type(cell).__name__
+
     def put(variable, value):
         variable.set_value(jnp.asarray(value, variable[...].dtype))
 
@@ -153,7 +163,6 @@ def to_nnx_cell(cell: nnx.Module, source, *, prefix: str = "", layer: int = 0, r
             put(cell.dense_h.bias, np.concatenate([tree[f"h{g}"]["bias"] for g in gates]))
         else:
             put(cell.dense_i.bias, np.concatenate([tree[f"i{g}"]["bias"] for g in gates]))
-    return cell
 
 
 def from_flax_cell(variables, cell_type: str | None = None) -> dict[str, np.ndarray]:

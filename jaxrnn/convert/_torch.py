@@ -156,6 +156,7 @@ def to_torch(variables, *, prefix: str = "") -> dict[str, Any]:
 
 def constructor_args(spec: RecurrentSpec) -> tuple[tuple, dict[str, Any]]:
     """`(args, kwargs)` of the jaxrnn constructor (Linen or NNX) that builds `spec`."""
+    kwargs: dict[str, Any]
     if spec.cell:
         kwargs = dict(bias=spec.bias)
     else:

@@ -37,6 +37,7 @@ def check_hx(spec: RecurrentSpec, hx, lead: tuple[int, ...], dtype) -> tuple[jax
     shapes = [(*lead, spec.output_size)] + ([(*lead, spec.hidden_size)] if spec.kind == "lstm" else [])
     if hx is None:
         return tuple(jnp.zeros(s, dtype) for s in shapes)
+    names: tuple[str, ...]
     if spec.kind == "lstm":
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError(

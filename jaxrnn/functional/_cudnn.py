@@ -31,9 +31,9 @@ def check_supported(spec: RecurrentSpec, dtype, dropout_active: bool) -> None:
         f"dtype {jnp.dtype(dtype).name} (float32 only)" if jnp.dtype(dtype) != jnp.float32 else None,
         "dropout between layers in training (cuDNN draws its own masks)" if dropout_active else None,
     ]
-    reasons = [r for r in reasons if r]
-    if reasons:
-        raise ValueError(f"implementation='cudnn' does not support {', '.join(reasons)}; use implementation='xla'")
+    unsupported = [r for r in reasons if r]
+    if unsupported:
+        raise ValueError(f"implementation='cudnn' does not support {', '.join(unsupported)}; use implementation='xla'")
 
 
 def pack_weights(spec: RecurrentSpec, params) -> jax.Array:

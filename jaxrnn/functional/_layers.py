@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -161,9 +161,10 @@ def _layer_runner(spec: RecurrentSpec, implementation: str | None, unroll: int, 
     if implementation == "onednn":  # it takes the chunks itself: it cannot be rematerialised
         if spec.bidirectional and chunk is None:
             whole_layer = functools.partial(_onednn.bidirectional_layer_onednn, math_key)
-        fused, chunk = functools.partial(_onednn.recurrence_onednn, chunk=chunk), None
+        fused: Callable = functools.partial(_onednn.recurrence_onednn, chunk=chunk)
+        chunk = None
     else:
-        fused = {"pallas": recurrence_pallas}.get(implementation, recurrence)
+        fused = recurrence_pallas if implementation == "pallas" else recurrence
     loop = functools.partial(fused if fused_backward else recurrence_autodiff, math_key, unroll, precision)
     D = spec.num_directions
 

@@ -178,7 +178,7 @@ def _gru_padded_gate_grads(d):
 def is_highest(precision) -> bool:
     """Whether `precision` (or, when None, JAX's default matmul precision) is HIGHEST."""
     if precision is None:
-        precision = jax.config.jax_default_matmul_precision
+        precision = jax.config.jax_default_matmul_precision  # type: ignore[attr-defined]  # a flag, set at run time
     parts = precision if isinstance(precision, tuple) else (precision,)
     return all(p == jax.lax.Precision.HIGHEST or str(p).lower() in ("highest", "float32") for p in parts)
 

@@ -45,6 +45,7 @@ import functools
 import itertools
 import os
 import threading
+from collections.abc import Sequence
 from importlib import metadata
 from typing import NamedTuple
 
@@ -272,8 +273,8 @@ class _Worker:
             dnn.check(dnn.lib.dnnl_primitive_execute(prim, self.stream, len(memories), args))
             dnn.check(dnn.lib.dnnl_stream_wait(self.stream))
         finally:
-            for memory in memories:
-                dnn.lib.dnnl_memory_destroy(ctypes.c_void_p(memory.memory))
+            for created in memories:
+                dnn.lib.dnnl_memory_destroy(ctypes.c_void_p(created.memory))
 
 
 class _Packed(NamedTuple):
@@ -620,7 +621,7 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer, w_iter, bias, x
     dnn = _onednn()
     shared_input = x.ndim == 3
     parts = dnn.parts(kind, D, B, H, shared_input, training=True)
-    held = dnn.take_held(int(handle))
+    held: Sequence[np.ndarray | None] | None = dnn.take_held(int(handle))
     if held is None or len(held) != len(parts):
         # Let go (`_OneDNN.hold`), or taken by another backward of the same forward: a `vjp`
         # called again, or two identical forwards that XLA merged into one (or held for parts
@@ -653,6 +654,7 @@ def _host_backward(kind, activation, n, dtype, outputs, w_layer, w_iter, bias, x
             scratch = [_empty(dnn.layout(pd, arg)[1]) for arg in (DST, DST_ITER, DST_ITER_C)[: n + 1]]
             workspace = _run_forward(worker, primitives, scratch[0], scratch[1:], w_layer[d], w_iter[d], bias[d],
                                      x_part, list(map(part.state, state)))
+        assert primitives.backward is not None  # made for training
         try:
             worker.execute(*primitives.backward, arrays | {WORKSPACE: workspace} | ldigo)
         finally:
@@ -814,7 +816,7 @@ def _rnn_remat_bwd(kind, activation, chunk, residuals, cotangents):
 _rnn_remat.defvjp(_rnn_remat_fwd, _rnn_remat_bwd)
 
 
-def _kernel_weights(kind: str, w, directions):
+def _kernel_weights(kind: str, w, directions) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The given directions of `LoopWeights`, stacked, in torch's layout: `(D, G, H, I)`,
     `(D, G, H, H)`, and the bias `(D, G', H)` in float32. The loop's transposes cancel against
     these: for one direction XLA moves no weight."""
@@ -889,8 +891,8 @@ def recurrence_onednn(math_key, unroll, precision, w, xs, state0, mask, *, chunk
     gate_weights = None if mask is None else _padding_weights(kind, activation, w_layer.dtype)
     if gate_weights is not None:  # the extra input column: 1 in padded steps
         padded = jnp.broadcast_to(~mask[:, :1], (*xs.shape[:3], 1)).astype(xs.dtype)  # (T, D, B, 1)
-        gate_weights = jnp.asarray(gate_weights, w_layer.dtype)[:, None, None]
-        column = jnp.broadcast_to(gate_weights, (*w_layer.shape[:3], 1))  # (D, G, H, 1)
+        per_gate = jnp.asarray(gate_weights, w_layer.dtype)[:, None, None]  # (G, 1, 1)
+        column = jnp.broadcast_to(per_gate, (*w_layer.shape[:3], 1))  # (D, G, H, 1)
         w_layer, xs = jnp.concatenate([w_layer, column], -1), jnp.concatenate([xs, padded], -1)
     ys, finals = _run(rnn, w_layer, w_iter, bias, xs, state0)
     return (ys, finals) if mask is None else read_off_padding(ys, finals, state0, mask)

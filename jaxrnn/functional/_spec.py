@@ -75,6 +75,7 @@ class RecurrentSpec:
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """The keys and shapes of torch's `state_dict()`, in torch's order."""
         gh, h = self.gates * self.hidden_size, self.hidden_size
+        shapes: dict[str, tuple[int, ...]]
         if self.cell:
             shapes = {"weight_ih": (gh, self.input_size), "weight_hh": (gh, h)}
             if self.bias:
