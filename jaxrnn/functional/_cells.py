@@ -28,7 +28,9 @@ def run_cell(spec: RecurrentSpec, params: Params, x, hx, *, dtype=None, precisio
     xp = mixed_matmul(jnp.matmul, x, p["weight_ih"].T, precision)
     hh = mixed_matmul(jnp.matmul, state[0], p["weight_hh"].T, precision)
     if spec.bias:
-        xp, hh = xp + p["bias_ih"], hh + p["bias_hh"]
+        # (G*H,) against (B, G*H) or (G*H,), in the matmul's dtype
+        xp, hh = (a + b.astype(a.dtype).reshape((1,) * (a.ndim - 1) + b.shape)
+                  for a, b in ((xp, p["bias_ih"]), (hh, p["bias_hh"])))
     math = cell_math(spec.kind, spec.nonlinearity, is_highest(precision))
     h, rest = math.update(math.combine(xp, hh), state)
     h, rest = h.astype(dtype), tuple(r.astype(dtype) for r in rest)

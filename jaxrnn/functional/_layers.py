@@ -31,7 +31,8 @@ def reverse_sequences(x: jax.Array, seq_lengths: jax.Array | None) -> jax.Array:
     if seq_lengths is None:
         return x[::-1]
     t = jnp.arange(x.shape[0])[:, None]
-    index = jnp.where(t < seq_lengths, seq_lengths - 1 - t, t)
+    lengths = seq_lengths[None]  # (1, B)
+    index = jnp.where(t < lengths, lengths - 1 - t, t)
     return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=0)
 
 
@@ -123,7 +124,7 @@ def run_layer(
     lengths = check_lengths(seq_lengths, T, (B,) if batched else ())
     # Padding is never read, as in torch's packed sequences: each loop zeroes it where it
     # needs to (`zeroed_padding`), so that not even a NaN there reaches a gradient.
-    mask = None if lengths is None else (jnp.arange(T)[:, None] < lengths)[:, None, :, None]
+    mask = None if lengths is None else (jnp.arange(T)[:, None] < lengths[None])[:, None, :, None]
     params = {k: jnp.asarray(v, dtype) for k, v in params.items()}
     if implementation == "cudnn":
         if chunk is not None:

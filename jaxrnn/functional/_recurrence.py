@@ -49,7 +49,7 @@ def compute_dtype(dtype):
     16-bit floats, whose matmuls take 16-bit operands and accumulate in float32 (as torch's
     fused kernels do), else `dtype` itself. XLA:CPU runs a bfloat16 matmul into float32 up to
     twice as fast as one into bfloat16, and float32 gate math faster than bfloat16's."""
-    return jnp.promote_types(dtype, jnp.float32)
+    return jnp.dtype(jnp.float32) if jnp.finfo(dtype).bits < 32 else jnp.dtype(dtype)
 
 
 def mixed_matmul(op, a, w, precision):
@@ -117,10 +117,10 @@ def step(math_key, precision, w: LoopWeights, state, x_t, mask_t, *, hoisted: bo
     xp_t = x_t if hoisted else matmul("dbi,dig->dbg", x_t, w.wih)
     # The bias joins here, where it fuses into the gate math; added to the hoisted projections
     # it would cost one more (T, D, B, G*H) buffer.
-    xp_t = xp_t if w.bih is None else xp_t + w.bih
+    xp_t = xp_t if w.bih is None else xp_t + w.bih.astype(xp_t.dtype)
     hh = matmul("dbh,dhg->dbg", state[0], w.whh)
     if w.bhh is not None:
-        hh = hh + w.bhh
+        hh = hh + w.bhh.astype(hh.dtype)
     pre = math.combine(xp_t, hh)
     h_raw, rest = math.update(pre, state)
     h = h_raw if w.whr is None else matmul("dbk,dkp->dbp", h_raw, w.whr)
@@ -269,7 +269,7 @@ def read_off_padding(ys, final, state0, mask):
     valid = mask[:, 0, :, 0].sum(0)  # (B,) each sequence's number of valid steps
     ys = jnp.where(mask, ys, 0)
     h_n = ys[jnp.maximum(valid - 1, 0), :, jnp.arange(ys.shape[2])].swapaxes(0, 1)  # (D, B, H_out)
-    h_n = jnp.where(valid[:, None] > 0, h_n, state0[0])
+    h_n = jnp.where(valid[:, None] > 0, h_n, state0[0].astype(h_n.dtype))
     return ys, (h_n.astype(state0[0].dtype), *final[1:])
 
 
