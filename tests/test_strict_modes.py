@@ -4,8 +4,6 @@ broadcasting (`jax_numpy_rank_promotion="raise"`)."""
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,11 +17,13 @@ X = jax.random.normal(jax.random.key(1), (6, 3, 4), jnp.float32)
 LENGTHS = jnp.array([6, 4, 2])
 
 
-def _strict():
-    stack = contextlib.ExitStack()
-    stack.enter_context(jax.numpy_dtype_promotion("strict"))
-    stack.enter_context(jax.numpy_rank_promotion("raise"))
-    return stack
+def _assert_same_under_strict_modes(results):
+    """`results()`, every leaf, is the same bit for bit under both strict modes as without."""
+    expected = results()
+    with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
+        got = results()
+    for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(e, np.float32))
 
 
 def _layer_results(kind: str, implementation: str):
@@ -46,22 +46,19 @@ def _layer_results(kind: str, implementation: str):
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("implementation", ["xla", pytest.param("onednn", marks=onednn_platform), "pallas"])
 def test_layers_under_strict_modes_give_the_same_numbers(kind, implementation):
-    expected = _layer_results(kind, implementation)
-    with _strict():
-        got = _layer_results(kind, implementation)
-    for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
-        np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(e, np.float32))
+    _assert_same_under_strict_modes(lambda: _layer_results(kind, implementation))
+
+
+def _cell_results(cell):
+    """A cell's new state, batched and unbatched, in float32 and bfloat16."""
+    results = []
+    for dtype in (None, jnp.bfloat16):
+        model = cell(4, 8, dtype=dtype)
+        variables = model.init(jax.random.key(0), X[0])
+        results += [model.apply(variables, X[0]), model.apply(variables, X[0, 0])]
+    return results
 
 
 @pytest.mark.parametrize("cell", [jaxrnn.LSTMCell, jaxrnn.GRUCell, jaxrnn.RNNCell])
 def test_cells_under_strict_modes_give_the_same_numbers(cell):
-    results = []
-    for mode in (contextlib.nullcontext, _strict):
-        with mode():
-            for dtype in (None, jnp.bfloat16):
-                model = cell(4, 8, dtype=dtype)
-                variables = model.init(jax.random.key(0), X[0])
-                results += [model.apply(variables, X[0]), model.apply(variables, X[0, 0])]
-    half = len(results) // 2
-    for e, g in zip(jax.tree.leaves(results[:half]), jax.tree.leaves(results[half:]), strict=True):
-        np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(e, np.float32))
+    _assert_same_under_strict_modes(lambda: _cell_results(cell))
