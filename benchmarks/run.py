@@ -90,21 +90,26 @@ def _seconds(run) -> float:
     return run.seconds if isinstance(run, IsolatedRunner) else elapsed
 
 
-def interleaved_turns(runs: dict, repeats: int, block: int = 3) -> dict[str, list[list[float]]]:
+def interleaved_turns(runs: dict, repeats: int, block: int = 3, warm_s: float = 0.05) -> dict[str, list[list[float]]]:
     """Seconds of each (already compiled) run's calls, turn by turn.
 
-    Peers take turns in blocks of `block` timed calls, each block after one untimed call: the
-    turns spread a slow spell of a shared machine over every peer, and the untimed call lets
-    each peer reach its steady state (torch's OpenMP workers, for one, keep spinning for a
-    while after a call, which would be charged to whichever peer came next). One such call is
-    enough: jaxrnn's RNN 32/100/128 forward took 3.19 ms right after torch's, 2.95 after an
-    untimed call, 2.93 with a 50 ms pause before that call too (forward+backward 10.4, 7.6
-    and 8.4; the worker spins for about 10 ms on a 2-core EPYC host).
+    Peers take turns in blocks of `block` timed calls, each block after untimed calls that
+    last `warm_s` seconds or more (one at least): the turns spread a slow spell of a shared
+    machine over every peer, and the untimed calls bring each peer to its steady state after
+    the one before it (torch's OpenMP workers, for one, keep spinning for a while after a
+    call, and whichever peer follows torch pays for it). One untimed call was not enough for
+    short calls: on a 2-core EPYC host, jaxrnn's RNN 32/100/128 forward took 3.4-3.6 ms right
+    after torch's turn and 2.5 after 50 ms of untimed calls (Flax's, after jaxrnn's, 3.2-3.4
+    and 2.9-3.1), which had put that row at 0.99-1.11x Flax's time in three A/Bs instead of
+    0.81-0.86x; a 20 ms pause before the one call gave 0.87-1.04x.
     """
     turns = {name: [] for name in runs}
     for _ in range(-(-repeats // block)):
         for name, run in runs.items():
+            start = time.perf_counter()
             run()
+            while time.perf_counter() - start < warm_s:
+                run()
             turns[name].append([_seconds(run) for _ in range(block)])
     return turns
 
@@ -228,7 +233,7 @@ def write_table(rows, results, peak, steal, path_md, quick, repeats, dtype):
         "",
         f"{machine()}; "
         f"{dtype}; jax {jax.__version__}, torch {torch.__version__}; medians of {repeats} or more calls, "
-        "timed in turns of 3 per peer, each turn after one untimed call. "
+        "timed in turns of 3 per peer, each turn after 50 ms or more of untimed calls. "
         "Ratio = jaxrnn time / peer time (< 1: jaxrnn is faster), for each of jaxrnn's implementations "
         f"({described}{AUTO_NOTE}). "
         f"Large-matmul peak on this machine: {peak:.0f} GFLOP/s (the best {dtype} matmul of XLA"
