@@ -65,3 +65,22 @@ def test_slower_rows_lists_each_miss_with_its_turns(monkeypatch):
         "| LSTM 32/100/128 fwd | torch | 1.10 | 0.90 1.10 1.20 | 1 of 3 |"
     ]
     assert harness.slower_rows(rows[1:], results[1:]) == []
+
+
+def test_turns_start_after_warm_s_of_untimed_calls(monkeypatch):
+    """Each turn's timed block follows untimed calls until `warm_s` has passed (one at least):
+    on a clock that each call moves by 1/64 s (exact in binary), 4 untimed calls before each
+    block of 3 timed ones at warm_s=1/16, and 1 at warm_s=0."""
+    harness = load_harness(monkeypatch)
+    clock = {"now": 0.0, "calls": 0}
+    monkeypatch.setattr(harness.time, "perf_counter", lambda: clock["now"])
+
+    def run():
+        clock["now"] += 1 / 64
+        clock["calls"] += 1
+
+    for warm_s, untimed in ((1 / 16, 4), (0.0, 1)):
+        clock["calls"] = 0
+        turns = harness.interleaved_turns({"a": run, "b": run}, repeats=6, block=3, warm_s=warm_s)
+        assert clock["calls"] == 2 * 2 * (untimed + 3)  # 2 peers, 2 turns each
+        assert turns["a"] == turns["b"] == [[1 / 64] * 3] * 2
