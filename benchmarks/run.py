@@ -65,6 +65,7 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 # same kernel as torch's) measured 1.09x and 1.29x torch, the latter's turns 0.96-1.67x; in two
 # runs of 10 after them, 1.08x and 1.05x.
 REPEATS = 30
+WARM_S = 0.05  # seconds of untimed calls before each turn (`interleaved_turns`)
 
 
 def cases(quick: bool):
@@ -90,7 +91,7 @@ def _seconds(run) -> float:
     return run.seconds if isinstance(run, IsolatedRunner) else elapsed
 
 
-def interleaved_turns(runs: dict, repeats: int, block: int = 3, warm_s: float = 0.05) -> dict[str, list[list[float]]]:
+def interleaved_turns(runs: dict, repeats: int, block: int = 3, warm_s: float = WARM_S) -> dict[str, list[list[float]]]:
     """Seconds of each (already compiled) run's calls, turn by turn.
 
     Peers take turns in blocks of `block` timed calls, each block after untimed calls that
@@ -233,7 +234,7 @@ def write_table(rows, results, peak, steal, path_md, quick, repeats, dtype):
         "",
         f"{machine()}; "
         f"{dtype}; jax {jax.__version__}, torch {torch.__version__}; medians of {repeats} or more calls, "
-        "timed in turns of 3 per peer, each turn after 50 ms or more of untimed calls. "
+        f"timed in turns of 3 per peer, each turn after {WARM_S * 1e3:.0f} ms or more of untimed calls. "
         "Ratio = jaxrnn time / peer time (< 1: jaxrnn is faster), for each of jaxrnn's implementations "
         f"({described}{AUTO_NOTE}). "
         f"Large-matmul peak on this machine: {peak:.0f} GFLOP/s (the best {dtype} matmul of XLA"

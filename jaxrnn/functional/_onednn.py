@@ -120,8 +120,8 @@ def _unsupported(spec: RecurrentSpec, dtype) -> list[str]:
 # a step is too small to share out over the cores. RNN, oneDNN's time over the scan's: B=8,
 # H=256 0.89-1.00x forward and 0.80-0.90x forward+backward in eight float32 runs, 0.72-1.04x
 # and 0.89-1.06x in four bfloat16 runs; B=64, H=512 0.80-0.97x and 0.78-0.89x in float32,
-# 0.65-0.76x and 0.76-0.83x in the latest two bfloat16 runs. At B=32, H=128 it is mixed: 0.73-1.10x in
-# float32 but 1.04-1.19x in bfloat16, and 1.04-1.23x with `seq_lengths` under
+# 0.65-0.76x and 0.76-0.83x in the latest two bfloat16 runs. At B=32, H=128 it is mixed:
+# 0.73-1.10x in float32 but 1.04-1.19x in bfloat16, and 1.04-1.23x with `seq_lengths` under
 # differentiation in both.
 PREFERRED_MIN_BATCH = 8
 PREFERRED_WIDE_HIDDEN = 256
